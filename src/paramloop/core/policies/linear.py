@@ -1,0 +1,115 @@
+"""Ridge regression over action-dependent features, shared by LinUCB and LinTS.
+
+The feature vector of arm *a* in context *x* is φ(x, a) = [x ⊗ z_a[:m], z_a[m:]]:
+the context crossed with the arm's first ``m`` features (bias, linear terms,
+one-hots), followed by the arm-only curvature terms.  Because φ is linear in
+z_a, φ(x, a) = M(x) z_a for a sparse d × k matrix M(x); scoring all arms then
+costs one small projection per context, G = M(x)ᵀ A⁻¹ M(x) and μ = M(x)ᵀ θ,
+plus O(k²) per arm, whatever the number of arms.  Neighbouring arms share
+their features, so learning one teaches the others.
+
+Updates are rank one: A⁻¹ by Sherman–Morrison and θ by recursive least squares,
+O(d²) per update and no inversion, except a full re-inversion every
+``refresh_every`` updates that bounds floating-point drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from paramloop.core.policies.base import ArmDesign, FloatArray, IntArray, Policy, check_positive
+from paramloop.errors import SnapshotError
+
+
+class LinearPolicy(Policy):
+    """Base of the linear policies: ridge posterior N(θ, noise² A⁻¹) with A = λI + Σ φφᵀ."""
+
+    refresh_every = 4_096
+
+    def __init__(self, design: ArmDesign, *, ridge: float = 1.0, noise: float = 0.1) -> None:
+        super().__init__(design)
+        self.ridge = check_positive(self.name, "ridge", ridge)
+        self.noise = check_positive(self.name, "noise", noise)
+        dc, m = design.context_dim, design.n_interacting
+        n_features = design.features.shape[1]
+        self.dim = dc * m + (n_features - m)
+        self.A: FloatArray = np.eye(self.dim) * self.ridge
+        self.A_inv: FloatArray = np.eye(self.dim) / self.ridge
+        self.b: FloatArray = np.zeros(self.dim)
+        self.theta: FloatArray = np.zeros(self.dim)
+        # M(x) has x in fixed positions of its upper block and an identity lower block.
+        self._M = np.zeros((self.dim, n_features))
+        self._M[dc * m :, m:] = np.eye(n_features - m)
+        self._rows = np.arange(dc * m)
+        self._cols = np.tile(np.arange(m), dc)
+
+    def project(self, x: FloatArray) -> FloatArray:
+        """M(x): φ(x, a) = M(x) @ z_a."""
+        if x.shape != (self.design.context_dim,):
+            raise ValueError(
+                f"context vector must have shape ({self.design.context_dim},), got {x.shape}"
+            )
+        M = self._M.copy()
+        M[self._rows, self._cols] = np.repeat(x, self.design.n_interacting)
+        return M
+
+    def moments(
+        self, x: FloatArray, arms: IntArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
+        """(μ per arm, variance factor φᵀA⁻¹φ per arm, projected θ, projected A⁻¹)."""
+        M = self.project(x)
+        mu = M.T @ self.theta
+        G = M.T @ (self.A_inv @ M)
+        Z = self.design.features[arms]
+        mean = Z @ mu
+        width = np.maximum(np.einsum("ij,jk,ik->i", Z, G, Z), 0.0)
+        return mean, width, mu, G
+
+    def _estimate(self, x: FloatArray, arms: IntArray) -> tuple[FloatArray, FloatArray]:
+        mean, width, _, _ = self.moments(x, arms)
+        return mean, self.noise * np.sqrt(width)
+
+    def _update(self, x: FloatArray, arm: int, reward: float) -> None:
+        phi = self.project(x) @ self.design.features[arm]
+        A_inv_phi = self.A_inv @ phi
+        denominator = 1.0 + float(phi @ A_inv_phi)
+        gain = A_inv_phi / denominator
+        self.theta += gain * (reward - float(phi @ self.theta))
+        self.A_inv -= np.outer(gain, A_inv_phi)
+        self.A += np.outer(phi, phi)
+        self.b += reward * phi
+        if (self.revision + 1) % self.refresh_every == 0:
+            self._refresh()
+
+    def _refresh(self) -> None:
+        inverse = np.asarray(np.linalg.inv(self.A), dtype=np.float64)
+        self.A_inv = (inverse + inverse.T) / 2
+        self.theta = self.A_inv @ self.b
+
+    def _state(self) -> dict[str, FloatArray]:
+        # A is symmetric: store its upper triangle only; A⁻¹ and θ are rebuilt on load.
+        return {"A_upper": self.A[np.triu_indices(self.dim)], "b": self.b}
+
+    def _load_state(self, state: Mapping[str, FloatArray]) -> None:
+        upper, b = state.get("A_upper"), state.get("b")
+        expected = self.dim * (self.dim + 1) // 2
+        if upper is None or b is None or upper.shape != (expected,) or b.shape != (self.dim,):
+            raise SnapshotError(
+                f"{self.label} snapshot does not match a {self.dim}-dimensional model"
+            )
+        A = np.zeros((self.dim, self.dim))
+        A[np.triu_indices(self.dim)] = upper
+        self.A = A + np.triu(A, 1).T
+        self.b = np.asarray(b, dtype=np.float64)
+        self._refresh()
+
+    def merge(self, other: LinearPolicy) -> None:
+        """Add another replica's sufficient statistics (both started from the same prior)."""
+        if other.dim != self.dim or other.design.digest != self.design.digest:
+            raise ValueError("cannot merge policies of different designs")
+        self.A += other.A - np.eye(self.dim) * other.ridge
+        self.b += other.b
+        self.revision += other.revision
+        self._refresh()

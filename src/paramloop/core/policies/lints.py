@@ -1,0 +1,73 @@
+"""Linear Thompson sampling (Agrawal & Goyal, ICML 2013) over action-dependent features.
+
+A draw θ̃ ~ N(θ, v²A⁻¹) scores every arm; the arm with the best score wins.
+Because scores only depend on M(x)ᵀθ̃ ~ N(M(x)ᵀθ, v²G), draws are taken in that
+k-dimensional space (k = number of arm features), not in the full model space.
+The probability of each arm is the share of ``draws`` Monte Carlo draws it wins,
+from a generator seeded per decision: the distribution decide() samples from is
+exactly the one it logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from paramloop.core.policies.base import (
+    ArmDesign,
+    FloatArray,
+    IntArray,
+    check_positive,
+    monte_carlo_best,
+    register,
+)
+from paramloop.core.policies.linear import LinearPolicy
+from paramloop.errors import ConfigError
+
+
+@register
+class LinTS(LinearPolicy):
+    """Thompson sampling on a shared ridge model; ``draws`` Monte Carlo draws per decision."""
+
+    name = "lints"
+    version = "1.0.0"
+    stochastic = True
+
+    def __init__(
+        self,
+        design: ArmDesign,
+        *,
+        draws: int = 256,
+        inflation: float = 1.0,
+        ridge: float = 1.0,
+        noise: float = 0.1,
+    ) -> None:
+        super().__init__(design, ridge=ridge, noise=noise)
+        if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 100_000:
+            raise ConfigError(
+                "policy.lints.draws", f"must be an integer in [1, 100000], got {draws!r}"
+            )
+        self.draws = draws
+        self.inflation = check_positive(self.name, "inflation", inflation)
+
+    def _distribution(
+        self, x: FloatArray, arms: IntArray, rng: np.random.Generator | None
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        if rng is None:
+            raise ValueError("LinTS needs an rng for its Monte Carlo draws")
+        mean, width, mu, G = self.moments(x, arms)
+        scale = self.noise * self.inflation
+        k = G.shape[0]
+        L = np.linalg.cholesky(G + 1e-12 * np.eye(k))
+        draws = mu + scale * rng.standard_normal((self.draws, k)) @ L.T
+        samples = draws @ self.design.features[arms].T
+        return monte_carlo_best(samples), mean, self.noise * np.sqrt(width)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        return {
+            "draws": self.draws,
+            "inflation": self.inflation,
+            "ridge": self.ridge,
+            "noise": self.noise,
+        }

@@ -1,0 +1,294 @@
+"""Task configuration: one :class:`TaskConfig` per task type, from code or from a TOML file.
+
+A TOML file looks like::
+
+    [models."o3-mini"]
+    rejects = ["temperature", "top_p"]
+    max_tokens_field = "max_completion_tokens"
+
+    [tasks.summarize]
+    policy = "linucb"                  # any registered policy (BANDIT_POLICY)
+    exploration = 0.05                 # share of uniform exploration (floor = exploration / arms)
+    reward_wait_s = 3600               # outcomes later than this are refused
+    default_reward = 0.0               # optional: given when no outcome arrived in time
+    baseline = { model = "gpt-small", temperature = 0.3, max_tokens = 256 }
+    space = { temperature = [0.1, 0.2, 0.3, 0.4, 0.5], max_tokens = [128, 256, 384] }
+    trust_region = { temperature = 0.2, max_tokens = 200 }
+    reward = { quality = 0.7, latency = 0.1, cost = 0.2, max_latency_ms = 20000 }
+    policy_params = { alpha = 0.5 }
+
+Every key is checked: a typo is an error naming its dotted path, never ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from paramloop.core.features import (
+    BoolFeature,
+    CategoricalFeature,
+    CountFeature,
+    Feature,
+    Featurizer,
+    NumericFeature,
+    published_features,
+)
+from paramloop.core.policies import POLICIES, ArmDesign, Policy, make_policy
+from paramloop.core.reward import REWARD_RANGE, RewardFunction
+from paramloop.core.space import ModelRule, ParameterSpace, TrustRegion
+from paramloop.errors import ConfigError
+from paramloop.types import Params
+
+DEFAULT_POLICY = "linucb"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Everything paramloop knows about one task type.
+
+    ``exploration`` is the share of uniform exploration mixed into the policy's
+    distribution (every feasible arm gets at least ``exploration / arms``);
+    the baseline policy never explores.  ``reward_wait_s`` is the reward wait
+    window; ``default_reward`` (in the reward range) is recorded for decisions
+    whose outcome did not arrive within it, or nothing when ``None``.
+    ``snapshot_every`` is how many updates pass between policy snapshots.
+    """
+
+    name: str
+    space: ParameterSpace
+    featurizer: Featurizer
+    reward: RewardFunction = field(default_factory=RewardFunction)
+    policy: str = DEFAULT_POLICY
+    policy_params: Mapping[str, Any] = field(default_factory=dict)
+    exploration: float = 0.05
+    reward_wait_s: float = 3600.0
+    default_reward: float | None = None
+    snapshot_every: int = 1_000
+
+    def __post_init__(self) -> None:
+        where = f"tasks.{self.name}"
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError("tasks", "a task type needs a non-empty name")
+        if self.policy not in POLICIES:
+            raise ConfigError(
+                f"{where}.policy",
+                f"unknown policy {self.policy!r}; available: {', '.join(sorted(POLICIES))}",
+            )
+        _check_range(f"{where}.exploration", self.exploration, 0.0, 1.0)
+        _check_range(f"{where}.reward_wait_s", self.reward_wait_s, 0.0, math.inf, open_high=True)
+        if self.default_reward is not None:
+            low, high = REWARD_RANGE
+            _check_range(f"{where}.default_reward", self.default_reward, low, high)
+        if (
+            isinstance(self.snapshot_every, bool)
+            or not isinstance(self.snapshot_every, int)
+            or self.snapshot_every < 1
+        ):
+            raise ConfigError(
+                f"{where}.snapshot_every", f"must be an integer >= 1, got {self.snapshot_every!r}"
+            )
+        self.new_policy()  # validates policy_params now, not at the first request
+
+    @property
+    def design(self) -> ArmDesign:
+        return ArmDesign(
+            features=self.space.features,
+            n_interacting=self.space.n_interacting,
+            context_dim=self.featurizer.dim,
+            baseline=self.space.baseline_arm,
+        )
+
+    @property
+    def effective_exploration(self) -> float:
+        return 0.0 if self.policy == "baseline" else self.exploration
+
+    def new_policy(self) -> Policy:
+        return make_policy(self.policy, self.design, **dict(self.policy_params))
+
+
+def task(
+    name: str,
+    *,
+    baseline: Params,
+    grids: Mapping[str, Sequence[float | int | str | None]] | None = None,
+    model_rules: Sequence[ModelRule] = (),
+    trust_region: TrustRegion | None = None,
+    extra_features: Sequence[Feature] = (),
+    stop: Sequence[str] = (),
+    **options: Any,
+) -> TaskConfig:
+    """Build a :class:`TaskConfig` with the published features (model levels from the space)."""
+    space = ParameterSpace(
+        baseline=baseline,
+        grids=grids,
+        model_rules=model_rules,
+        trust_region=trust_region,
+        stop=stop,
+    )
+    models = tuple(sorted({arm.model for arm in space.arms}))
+    featurizer = Featurizer((*published_features(models), *extra_features))
+    return TaskConfig(name=name, space=space, featurizer=featurizer, **options)
+
+
+# -- TOML ---------------------------------------------------------------------------------
+
+_TASK_KEYS = {
+    "policy",
+    "policy_params",
+    "exploration",
+    "reward_wait_s",
+    "default_reward",
+    "snapshot_every",
+    "baseline",
+    "space",
+    "trust_region",
+    "reward",
+    "features",
+    "stop",
+}
+_REWARD_KEYS = {f.name for f in fields(RewardFunction)}
+_RULE_KEYS = {"rejects", "fixed", "max_tokens_field", "max_tokens_limit"}
+
+
+def load_config(path: str | Path) -> dict[str, TaskConfig]:
+    """Read task configurations from a TOML file (see the module docstring)."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("config", f"file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data)
+
+
+def parse_config(data: Mapping[str, Any]) -> dict[str, TaskConfig]:
+    """Task configurations from an already parsed TOML document."""
+    _only(data, {"models", "tasks", "defaults"}, "")
+    rules = [_model_rule(name, body) for name, body in _table(data, "models").items()]
+    defaults = _table(data, "defaults")
+    _only(defaults, _TASK_KEYS - {"baseline", "space"}, "defaults")
+    tasks = _table(data, "tasks")
+    if not tasks:
+        raise ConfigError("tasks", "declare at least one task type, e.g. [tasks.summarize]")
+    return {name: _task(name, {**defaults, **_table(tasks, name)}, rules) for name in tasks}
+
+
+def _task(name: str, body: Mapping[str, Any], rules: Sequence[ModelRule]) -> TaskConfig:
+    where = f"tasks.{name}"
+    _only(body, _TASK_KEYS, where)
+    baseline_table = body.get("baseline")
+    if not isinstance(baseline_table, Mapping):
+        raise ConfigError(f"{where}.baseline", "is required: a table with at least `model`")
+    known = {f.name for f in fields(Params)} - {"max_tokens_field", "seed", "stop"}
+    _only(baseline_table, known, f"{where}.baseline")
+    if not isinstance(baseline_table.get("model"), str):
+        raise ConfigError(f"{where}.baseline.model", "is required and must be a string")
+    baseline = Params(**baseline_table)
+    reward_table = body.get("reward", {})
+    _only(reward_table, _REWARD_KEYS, f"{where}.reward")
+    radius = dict(body.get("trust_region", {}))
+    allowed = {k: tuple(radius.pop(k)) for k in ("model", "prompt_variant") if k in radius}
+    options = {
+        k: body[k]
+        for k in (
+            "policy",
+            "policy_params",
+            "exploration",
+            "reward_wait_s",
+            "default_reward",
+            "snapshot_every",
+        )
+        if k in body
+    }
+    try:
+        return task(
+            name,
+            baseline=baseline,
+            grids=body.get("space"),
+            model_rules=rules,
+            trust_region=TrustRegion(radius=radius, allowed=allowed)
+            if "trust_region" in body
+            else None,
+            extra_features=[_feature(where, spec) for spec in body.get("features", [])],
+            stop=tuple(body.get("stop", ())),
+            reward=RewardFunction(**reward_table),
+            **options,
+        )
+    except ConfigError as exc:
+        if exc.field.startswith("tasks."):
+            raise
+        raise ConfigError(f"{where}.{exc.field}", exc.problem) from None
+
+
+def _feature(where: str, spec: Any) -> Feature:
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+        raise ConfigError(
+            f"{where}.features", "each feature is a table with a string `name` and a `kind`"
+        )
+    kinds: dict[str, tuple[type[Any], set[str]]] = {
+        "numeric": (NumericFeature, {"cap", "scale", "lower", "default", "integer"}),
+        "bool": (BoolFeature, {"default"}),
+        "count": (CountFeature, {"cap"}),
+        "categorical": (CategoricalFeature, {"levels", "default", "unknown"}),
+    }
+    kind = spec.get("kind")
+    if kind not in kinds:
+        raise ConfigError(
+            f"{where}.features.{spec['name']}.kind",
+            f"must be one of {', '.join(kinds)}; got {kind!r}",
+        )
+    cls, allowed = kinds[kind]
+    body = {k: v for k, v in spec.items() if k not in ("name", "kind")}
+    _only(body, allowed, f"{where}.features.{spec['name']}")
+    if "levels" in body:
+        body["levels"] = tuple(body["levels"])
+    try:
+        feature: Feature = cls(name=spec["name"], **body)
+    except TypeError as exc:
+        raise ConfigError(f"{where}.features.{spec['name']}", str(exc)) from None
+    return feature
+
+
+def _model_rule(name: str, body: Any) -> ModelRule:
+    if not isinstance(body, Mapping):
+        raise ConfigError(f"models.{name}", "must be a table")
+    _only(body, _RULE_KEYS, f"models.{name}")
+    return ModelRule(
+        model=name,
+        rejects=frozenset(body.get("rejects", ())),
+        fixed=dict(body.get("fixed", {})),
+        max_tokens_field=body.get("max_tokens_field", "max_tokens"),
+        max_tokens_limit=body.get("max_tokens_limit"),
+    )
+
+
+def _table(data: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(key, "must be a table")
+    return value
+
+
+def _only(body: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(body, Mapping):
+        raise ConfigError(where or "config", "must be a table")
+    for key in body:
+        if key not in allowed:
+            prefix = f"{where}." if where else ""
+            raise ConfigError(
+                f"{prefix}{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}"
+            )
+
+
+def _check_range(
+    where: str, value: object, low: float, high: float, *, open_high: bool = False
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ConfigError(where, f"must be a number, got {value!r}")
+    if value < low or value > high or (open_high and math.isinf(value)):
+        raise ConfigError(where, f"must be in [{low:g}, {high:g}], got {value!r}")

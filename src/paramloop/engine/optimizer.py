@@ -1,0 +1,383 @@
+"""The decision loop: recommend, log, learn from late outcomes, snapshot, restore.
+
+:class:`Optimizer` is the only place that wires the pure core (spaces,
+featurizers, rewards, policies) to a store and a clock.  It is thread-safe:
+each task type has its own lock around its policy, and the store serializes
+its writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
+from paramloop.engine.config import TaskConfig
+from paramloop.errors import (
+    DuplicateRequestError,
+    InputError,
+    LateOutcomeError,
+    OutcomeError,
+    SnapshotError,
+    UnknownRequestError,
+    UnknownTaskTypeError,
+)
+from paramloop.store.base import DecisionLog
+from paramloop.store.memory import MemoryDecisionLog
+from paramloop.types import Decision, FeatureValue, Outcome, PolicySnapshot, RecordedOutcome
+
+log = logging.getLogger("paramloop.engine")
+
+_MAX_REQUEST_ID = 200
+_SEED_LIMIT = 2**63
+_CACHE_SIZE = 100_000
+_REPLAY_CHUNK = 5_000
+
+
+@dataclass
+class LoopStats:
+    """Counters of one optimizer, for status pages and metrics."""
+
+    decisions: int = 0
+    outcomes: int = 0
+    duplicate_outcomes: int = 0
+    default_rewards: int = 0
+    fallbacks: int = 0
+    last_error: str | None = None
+    replayed: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _TaskState:
+    config: TaskConfig
+    policy: Policy
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    last_outcome_seq: int = 0
+    updates_since_snapshot: int = 0
+
+
+class Optimizer:
+    """Recommends parameters per request and learns from their outcomes.
+
+    ``store`` defaults to an in-memory log; pass a SQLite or PostgreSQL store
+    for durability.  On start the latest policy snapshot of each task type is
+    restored and the outcomes logged after it are replayed, so an acknowledged
+    outcome is never forgotten by the policy.  ``clock`` returns epoch seconds.
+
+    >>> from paramloop.engine.config import task
+    >>> from paramloop.types import Params, Outcome
+    >>> opt = Optimizer([task("summarize", baseline=Params("m", temperature=0.3, max_tokens=256),
+    ...                       grids={"temperature": [0.1, 0.3, 0.5]})])
+    >>> d = opt.recommend("summarize", {"prompt_tokens": 900}, request_id="r1")
+    >>> d.params.temperature in (0.1, 0.3, 0.5), 0 < d.propensity <= 1
+    (True, True)
+    >>> opt.record_outcome("r1", Outcome(quality=0.9, latency_ms=800)).source
+    'observed'
+    """
+
+    def __init__(
+        self,
+        tasks: Iterable[TaskConfig] | Mapping[str, TaskConfig],
+        store: DecisionLog | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        restore: bool = True,
+    ) -> None:
+        configs = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+        names = [config.name for config in configs]
+        if len(set(names)) != len(names):
+            raise InputError("tasks", f"task type names must be unique, got {names}")
+        self.store: DecisionLog = store if store is not None else MemoryDecisionLog()
+        self.clock = clock
+        self.stats = LoopStats()
+        self._tasks = {config.name: _TaskState(config, config.new_policy()) for config in configs}
+        self._recent: OrderedDict[str, Decision] = OrderedDict()
+        self._recent_lock = threading.Lock()
+        if restore:
+            for state in self._tasks.values():
+                self._restore(state)
+
+    # -- public API ---------------------------------------------------------------------
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        return tuple(self._tasks)
+
+    def config(self, task_type: str) -> TaskConfig:
+        return self._state(task_type).config
+
+    def policy(self, task_type: str) -> Policy:
+        return self._state(task_type).policy
+
+    def recommend(
+        self,
+        task_type: str,
+        context: Mapping[str, object],
+        *,
+        request_id: str | None = None,
+        seed: int | None = None,
+    ) -> Decision:
+        """Choose the parameters of one call, log the decision, and return it.
+
+        Raises ``UnknownTaskTypeError``, ``FeatureError`` (a context feature is
+        wrong), ``InputError`` (request id or seed) or ``DuplicateRequestError``.
+        An internal failure (policy or store) does not raise: the baseline comes
+        back with ``origin="fallback:baseline"`` and ``error`` set.
+        """
+        state = self._state(task_type)
+        config = state.config
+        features, x, fp = config.featurizer.featurize(context)
+        request_id = self._request_id(request_id)
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _SEED_LIMIT
+        ):
+            raise InputError("seed", f"must be an integer in [0, 2**63), got {seed!r}")
+        now = self.clock()
+        try:
+            with state.lock:
+                policy = state.policy
+                revision = policy.revision
+                choice = decide(
+                    policy,
+                    x,
+                    config.space.feasible_arms,
+                    derive_seed(seed if seed is not None else request_id, fp, revision),
+                    config.effective_exploration,
+                )
+            decision = Decision(
+                request_id=request_id,
+                task_type=task_type,
+                arm=choice.arm,
+                params=config.space.params(choice.arm, seed=seed),
+                propensity=choice.propensity,
+                confidence=choice.confidence,
+                policy=policy.label,
+                policy_revision=revision,
+                origin="baseline" if policy.name == "baseline" else f"bandit:{policy.label}",
+                context=features,
+                context_fingerprint=fp,
+                timestamp=now,
+                seed=seed,
+            )
+        except Exception as exc:  # fail safe: any internal failure serves the baseline, visibly
+            return self._fallback(config, request_id, features, fp, now, seed, exc)
+        try:
+            self.store.append_decision(decision)
+        except DuplicateRequestError:
+            raise
+        except Exception as exc:
+            return self._fallback(config, request_id, features, fp, now, seed, exc)
+        self._remember(decision)
+        self.stats.decisions += 1
+        return decision
+
+    def record_outcome(self, request_id: str, outcome: Outcome) -> RecordedOutcome:
+        """Join ``outcome`` to its decision, turn it into a reward, and learn from it.
+
+        Idempotent: recording the same outcome again returns the stored one and
+        learns nothing.  Raises ``UnknownRequestError``, ``LateOutcomeError``
+        (outside the wait window), ``ConflictingOutcomeError`` (a different
+        outcome was recorded) or ``OutcomeError``; the store is unchanged then.
+        """
+        if not isinstance(outcome, Outcome):
+            raise OutcomeError("(outcome)", f"must be an Outcome, got {type(outcome).__name__}")
+        decision = self._decision(request_id)
+        state = self._state(decision.task_type)
+        config = state.config
+        reward = config.reward(outcome)
+        now = self.clock()
+        waited = now - decision.timestamp
+        recorded = RecordedOutcome(
+            request_id=request_id,
+            task_type=decision.task_type,
+            outcome=outcome,
+            reward=reward,
+            reward_version=config.reward.version,
+            source="observed",
+            timestamp=now,
+        )
+        if waited > config.reward_wait_s:
+            existing = self.store.get_outcome(request_id)
+            if existing is not None and existing.outcome == outcome:
+                return existing
+            raise LateOutcomeError(request_id, waited, config.reward_wait_s)
+        return self._learn(state, decision, recorded)
+
+    def expire(self, now: float | None = None, *, limit: int = 10_000) -> int:
+        """Give the default reward to decisions whose wait window closed without an outcome.
+
+        Task types without a ``default_reward`` are skipped (their decisions stay
+        without an outcome).  Returns how many default rewards were recorded.
+        """
+        now = self.clock() if now is None else now
+        count = 0
+        for state in self._tasks.values():
+            config = state.config
+            if config.default_reward is None:
+                continue
+            for decision in self.store.pending_decisions(
+                config.name, now - config.reward_wait_s, limit
+            ):
+                recorded = RecordedOutcome(
+                    request_id=decision.request_id,
+                    task_type=config.name,
+                    outcome=Outcome(reward=config.default_reward),
+                    reward=config.default_reward,
+                    reward_version=config.reward.version,
+                    source="default",
+                    timestamp=now,
+                )
+                self._learn(state, decision, recorded)
+                count += 1
+        self.stats.default_rewards += count
+        return count
+
+    def save_snapshots(self) -> None:
+        """Snapshot every task type's policy now (also done every ``snapshot_every`` updates)."""
+        for state in self._tasks.values():
+            with state.lock:
+                self._snapshot(state)
+
+    def close(self) -> None:
+        """Snapshot the policies and close the store."""
+        self.save_snapshots()
+        self.store.close()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _state(self, task_type: str) -> _TaskState:
+        try:
+            return self._tasks[task_type]
+        except KeyError:
+            raise UnknownTaskTypeError(str(task_type), sorted(self._tasks)) from None
+
+    def _request_id(self, request_id: str | None) -> str:
+        if request_id is None:
+            return uuid.uuid4().hex
+        if not isinstance(request_id, str) or not request_id or len(request_id) > _MAX_REQUEST_ID:
+            raise InputError(
+                "request_id", f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters"
+            )
+        if request_id in self._recent:
+            raise DuplicateRequestError(request_id)
+        return request_id
+
+    def _decision(self, request_id: str) -> Decision:
+        if not isinstance(request_id, str) or not request_id:
+            raise InputError("request_id", "must be a non-empty string")
+        decision = self._recent.get(request_id)
+        if decision is None:
+            decision = self.store.get_decision(request_id)
+        if decision is None:
+            raise UnknownRequestError(request_id)
+        return decision
+
+    def _remember(self, decision: Decision) -> None:
+        with self._recent_lock:
+            self._recent[decision.request_id] = decision
+            if len(self._recent) > _CACHE_SIZE:
+                self._recent.popitem(last=False)
+
+    def _learn(
+        self, state: _TaskState, decision: Decision, recorded: RecordedOutcome
+    ) -> RecordedOutcome:
+        x = state.config.featurizer.transform(decision.context)
+        # Store and update under the task's lock so outcome sequence order is update order,
+        # which makes "replay everything after the snapshot's last seq" exact.
+        with state.lock:
+            stored, new = self.store.attach_outcome(recorded)
+            if not new:
+                self.stats.duplicate_outcomes += 1
+                return stored
+            if decision.applied:
+                state.policy.update(x, decision.arm, stored.reward)
+            state.last_outcome_seq = max(state.last_outcome_seq, stored.seq)
+            state.updates_since_snapshot += 1
+            if state.updates_since_snapshot >= state.config.snapshot_every:
+                self._snapshot(state)
+        self.stats.outcomes += 1
+        return stored
+
+    def _snapshot(self, state: _TaskState) -> None:
+        if state.updates_since_snapshot == 0 and state.policy.revision == 0:
+            return
+        try:
+            self.store.save_snapshot(
+                PolicySnapshot(
+                    task_type=state.config.name,
+                    policy=state.policy.label,
+                    revision=state.policy.revision,
+                    last_outcome_seq=state.last_outcome_seq,
+                    state=state.policy.snapshot(),
+                    timestamp=self.clock(),
+                )
+            )
+            state.updates_since_snapshot = 0
+        except Exception as exc:  # a failed snapshot is retried at the next interval
+            self._failed("snapshot", exc)
+
+    def _restore(self, state: _TaskState) -> None:
+        config = state.config
+        snapshot = self.store.latest_snapshot(config.name)
+        if snapshot is not None:
+            try:
+                state.policy = restore_policy(snapshot.state, config.design)
+                state.last_outcome_seq = snapshot.last_outcome_seq
+            except SnapshotError as exc:
+                log.warning(
+                    "task %s: snapshot not restored (%s); relearning from the log", config.name, exc
+                )
+                state.policy = config.new_policy()
+                state.last_outcome_seq = 0
+        replayed = 0
+        while True:
+            rows = self.store.outcomes_since(config.name, state.last_outcome_seq, _REPLAY_CHUNK)
+            if not rows:
+                break
+            for decision, recorded in rows:
+                if decision.applied:
+                    state.policy.update(
+                        config.featurizer.transform(decision.context), decision.arm, recorded.reward
+                    )
+                state.last_outcome_seq = recorded.seq
+                replayed += 1
+        self.stats.replayed[config.name] = replayed
+
+    def _fallback(
+        self,
+        config: TaskConfig,
+        request_id: str,
+        features: dict[str, FeatureValue],
+        fp: int,
+        now: float,
+        seed: int | None,
+        exc: Exception,
+    ) -> Decision:
+        self._failed("recommend", exc)
+        return Decision(
+            request_id=request_id,
+            task_type=config.name,
+            arm=config.space.baseline_arm,
+            params=config.space.params(config.space.baseline_arm, seed=seed),
+            propensity=1.0,
+            confidence=0.0,
+            policy="baseline@fallback",
+            policy_revision=0,
+            origin="fallback:baseline",
+            context=features,
+            context_fingerprint=fp,
+            timestamp=now,
+            seed=seed,
+            applied=True,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+
+    def _failed(self, where: str, exc: Exception) -> None:
+        self.stats.fallbacks += where == "recommend"
+        self.stats.last_error = f"{where}: {type(exc).__name__}: {exc}"
+        log.error("paramloop %s failed: %s", where, exc, exc_info=exc)

@@ -1,0 +1,119 @@
+"""Every error paramloop raises on purpose.
+
+Each subclass names the field that was wrong and what is allowed, so a caller
+(or an HTTP edge) can show the message as it is.  Errors about input that a
+user can fix derive from :class:`ValueError` or :class:`LookupError` as well,
+so ``except ValueError`` keeps working for code that does not know paramloop.
+"""
+
+from __future__ import annotations
+
+
+class ParamloopError(Exception):
+    """Base class of every error raised by paramloop on purpose."""
+
+
+class ConfigError(ParamloopError, ValueError):
+    """A configuration value (space, reward, task, store URL) is invalid.
+
+    ``field`` is the dotted path of the offending value, e.g.
+    ``tasks.summarize.space.temperature.values[3]``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class FeatureError(ParamloopError, ValueError):
+    """A context feature is missing, of the wrong type, or not finite."""
+
+    def __init__(self, feature: str, problem: str) -> None:
+        self.feature = feature
+        self.problem = problem
+        super().__init__(f"context feature {feature!r}: {problem}")
+
+
+class OutcomeError(ParamloopError, ValueError):
+    """An outcome field (or the reward it maps to) is outside what is allowed."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"outcome field {field!r}: {problem}")
+
+
+class UnknownTaskTypeError(ParamloopError, LookupError):
+    """The task type has no configuration."""
+
+    def __init__(self, task_type: str, known: list[str]) -> None:
+        self.task_type = task_type
+        self.known = known
+        super().__init__(
+            f"unknown task type {task_type!r}; configured task types: {', '.join(known) or '(none)'}"
+        )
+
+    def __str__(self) -> str:  # LookupError would quote the message
+        return str(self.args[0])
+
+
+class UnknownRequestError(ParamloopError, LookupError):
+    """No decision was logged under this request id."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(f"no decision was logged with request_id {request_id!r}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DuplicateRequestError(ParamloopError, ValueError):
+    """A decision with this request id was already logged."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"request_id {request_id!r} was already used for a logged decision; "
+            "request ids must be unique"
+        )
+
+
+class ConflictingOutcomeError(ParamloopError, ValueError):
+    """A different outcome was already recorded for this request id."""
+
+    def __init__(self, request_id: str) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"a different outcome was already recorded for request_id {request_id!r}; "
+            "outcomes are write-once (repeating the same outcome is a no-op)"
+        )
+
+
+class LateOutcomeError(ParamloopError, ValueError):
+    """The outcome arrived after the task type's reward wait window closed."""
+
+    def __init__(self, request_id: str, waited_s: float, window_s: float) -> None:
+        self.request_id = request_id
+        super().__init__(
+            f"outcome for request_id {request_id!r} arrived {waited_s:.1f}s after the decision; "
+            f"the reward wait window of this task type is {window_s:.1f}s"
+        )
+
+
+class SnapshotError(ParamloopError, ValueError):
+    """A policy snapshot cannot be restored (corrupt, wrong policy, wrong shape)."""
+
+
+class StoreError(ParamloopError):
+    """The store could not complete an operation (connection, migration, schema)."""
+
+
+class InputError(ParamloopError, ValueError):
+    """An argument of a call (request id, seed, …) is invalid."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
