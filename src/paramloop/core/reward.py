@@ -10,7 +10,7 @@ c = min(cost / cost_scale, 1) are the normalized costs and each weight is ≥ 0.
 Every term lies in [0, 1], so **the reward lies in [0, 1]**: 1 is a perfect, free,
 instant answer and 0 is the worst.  A missing field counts as its worst value
 (quality 0, latency/tokens/cost at their scale), so an outcome that says nothing
-is never rewarded for it.  An ``Outcome.reward`` given by the caller is used as
+is never rewarded for it; user ``feedback`` stands in for a missing quality.  An ``Outcome.reward`` given by the caller is used as
 it is, after a range check.
 """
 
@@ -107,7 +107,8 @@ class RewardFunction:
         tokens = outcome.total_tokens
         token_cost = _normalized(None if tokens is None else float(tokens), self.token_scale)
         cost = _normalized(outcome.cost, self.cost_scale)
-        quality = 0.0 if outcome.quality is None else outcome.quality
+        quality = outcome.quality if outcome.quality is not None else outcome.feedback
+        quality = 0.0 if quality is None else quality
         total = self.quality + self.latency + self.tokens + self.cost + self.error
         value = (
             self.quality * quality

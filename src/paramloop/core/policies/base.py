@@ -19,6 +19,7 @@ import hashlib
 import io
 import json
 import math
+import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -214,7 +215,7 @@ def restore_policy(data: bytes, design: ArmDesign) -> Policy:
         header = json.loads(data[start : start + size])
         arrays = np.load(io.BytesIO(data[start + size :]), allow_pickle=False)
         state = {key: arrays[key] for key in arrays.files}
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise SnapshotError(f"corrupt snapshot: {exc}") from None
     name = header.get("name")
     if name not in POLICIES:
@@ -263,7 +264,7 @@ def decide(policy: Policy, x: FloatArray, arms: IntArray, seed: int, exploration
     if exploration > 0.0:
         probs = (1.0 - exploration) * probs + exploration / k
     cumulative = np.cumsum(probs)
-    u = (seed >> 11) * (1.0 / 9007199254740992.0)  # top 53 bits → [0, 1)
+    u = (_mix64(seed) >> 11) * (1.0 / 9007199254740992.0)  # top 53 bits → [0, 1)
     index = min(int(np.searchsorted(cumulative, u * cumulative[-1], side="right")), k - 1)
     arm = int(arms[index])
     return Choice(
@@ -271,6 +272,17 @@ def decide(policy: Policy, x: FloatArray, arms: IntArray, seed: int, exploration
         propensity=float(probs[index] / cumulative[-1]),
         confidence=confidence(mean, std, index),
     )
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(value: int) -> int:
+    """SplitMix64's finalizer: any seed, even 0, 1, 2, … becomes a uniform 64-bit word."""
+    z = (value + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
 
 
 def confidence(mean: FloatArray, std: FloatArray, index: int) -> float:

@@ -89,21 +89,30 @@ class LinearPolicy(Policy):
         self.theta = self.A_inv @ self.b
 
     def _state(self) -> dict[str, FloatArray]:
-        # A is symmetric: store its upper triangle only; A⁻¹ and θ are rebuilt on load.
-        return {"A_upper": self.A[np.triu_indices(self.dim)], "b": self.b}
+        # A is symmetric: its upper triangle suffices.  A⁻¹ and θ are stored as they are
+        # (not recomputed) so a restored policy decides bit-identically to the original.
+        return {
+            "A_upper": self.A[np.triu_indices(self.dim)],
+            "b": self.b,
+            "A_inv": self.A_inv,
+            "theta": self.theta,
+        }
 
     def _load_state(self, state: Mapping[str, FloatArray]) -> None:
-        upper, b = state.get("A_upper"), state.get("b")
-        expected = self.dim * (self.dim + 1) // 2
-        if upper is None or b is None or upper.shape != (expected,) or b.shape != (self.dim,):
-            raise SnapshotError(
-                f"{self.label} snapshot does not match a {self.dim}-dimensional model"
-            )
-        A = np.zeros((self.dim, self.dim))
-        A[np.triu_indices(self.dim)] = upper
+        d = self.dim
+        shapes = {"A_upper": (d * (d + 1) // 2,), "b": (d,), "A_inv": (d, d), "theta": (d,)}
+        for key, shape in shapes.items():
+            value = state.get(key)
+            if value is None or value.shape != shape:
+                raise SnapshotError(
+                    f"{self.label} snapshot does not match a {d}-dimensional model ({key})"
+                )
+        A = np.zeros((d, d))
+        A[np.triu_indices(d)] = state["A_upper"]
         self.A = A + np.triu(A, 1).T
-        self.b = np.asarray(b, dtype=np.float64)
-        self._refresh()
+        self.b = np.asarray(state["b"], dtype=np.float64)
+        self.A_inv = np.asarray(state["A_inv"], dtype=np.float64)
+        self.theta = np.asarray(state["theta"], dtype=np.float64)
 
     def merge(self, other: LinearPolicy) -> None:
         """Add another replica's sufficient statistics (both started from the same prior)."""
