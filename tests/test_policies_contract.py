@@ -201,7 +201,8 @@ def test_linear_update_matches_batch_ridge_solution() -> None:
         rows.append(policy.project(x) @ policy.design.features[arm])  # type: ignore[attr-defined]
         rewards.append(reward)
     X, y = np.array(rows), np.array(rewards)
-    theta = np.linalg.solve(X.T @ X + np.eye(X.shape[1]), X.T @ y)
+    prior = np.diag(policy.prior_precision)  # type: ignore[attr-defined]
+    theta = np.linalg.solve(X.T @ X + prior, X.T @ (y - policy.prior_mean))  # type: ignore[attr-defined]
     np.testing.assert_allclose(policy.theta, theta, atol=1e-9)  # type: ignore[attr-defined]
 
 

@@ -143,7 +143,9 @@ def test_arm_features_generalize_across_neighbours() -> None:
     assert sp.feature_names[0] == "bias"
     assert sp.features[:, 0].tolist() == [1.0] * sp.n_arms
     assert sp.n_interacting == 1 + 2 + 2  # bias, temperature, max_tokens, two model one-hots
-    assert abs(sp.features[:, 1:3]).max() <= 1.0 + 1e-12  # scaled to [-1, 1]
+    # Measured from the baseline in half-ranges, so within [-2, 2]; the baseline arm is [1, 0, …, 0].
+    assert abs(sp.features[:, 1:3]).max() <= 2.0 + 1e-12
+    assert sp.features[sp.baseline_arm].tolist() == [1.0] + [0.0] * (sp.features.shape[1] - 1)
 
 
 def test_satisfies_checks_rules_bounds_and_trust_region() -> None:

@@ -317,6 +317,12 @@ class ParameterSpace:
         The first ``n_interacting`` columns are crossed with the context by the
         linear policies (so the optimum can move with the context); the squares
         give each numeric dimension a curvature shared across contexts.
+
+        Every feature is measured *from the baseline*: numeric terms are
+        (v − baseline)/half-range and one-hots mark levels other than the
+        baseline's.  The baseline arm is then [1, 0, …, 0], so a ridge model's
+        shrinkage pulls every arm's estimate towards the baseline's, and moving
+        away from the baseline needs evidence: the conservative direction.
         """
         linear: list[FloatArray] = []
         squares: list[FloatArray] = []
@@ -328,16 +334,17 @@ class ParameterSpace:
             if np.unique(present).size < 2:
                 continue
             low, high = float(present.min()), float(present.max())
-            scaled = np.where(
-                np.isnan(column), 0.0, (column - (low + high) / 2) / ((high - low) / 2)
-            )
+            base = getattr(self.baseline, name)
+            center = (low + high) / 2 if base is None else float(base)
+            scaled = np.where(np.isnan(column), 0.0, (column - center) / ((high - low) / 2))
             linear.append(scaled)
             squares.append(scaled**2)
             names.append(name)
             square_names.append(f"{name}^2")
         for name in CATEGORICAL_DIMS:
-            levels = sorted({str(getattr(arm, name)) for arm in self.arms})
-            for level in levels[1:]:
+            base_level = str(getattr(self.baseline, name))
+            levels = sorted({str(getattr(arm, name)) for arm in self.arms} - {base_level})
+            for level in levels:
                 linear.append(
                     np.array([float(str(getattr(arm, name)) == level) for arm in self.arms])
                 )

@@ -28,15 +28,33 @@ class LinearPolicy(Policy):
 
     refresh_every = 4_096
 
-    def __init__(self, design: ArmDesign, *, ridge: float = 1.0, noise: float = 0.1) -> None:
+    def __init__(
+        self,
+        design: ArmDesign,
+        *,
+        ridge: float = 1.0,
+        noise: float = 0.1,
+        prior_mean: float = 0.5,
+        interaction_ridge: float = 10.0,
+    ) -> None:
         super().__init__(design)
         self.ridge = check_positive(self.name, "ridge", ridge)
         self.noise = check_positive(self.name, "noise", noise)
+        # The model fits r - prior_mean, so ridge shrinks towards a middling reward, not towards 0.
+        self.prior_mean = check_positive(self.name, "prior_mean", prior_mean, allow_zero=True)
+        self.interaction_ridge = check_positive(self.name, "interaction_ridge", interaction_ridge)
         dc, m = design.context_dim, design.n_interacting
         n_features = design.features.shape[1]
         self.dim = dc * m + (n_features - m)
-        self.A: FloatArray = np.eye(self.dim) * self.ridge
-        self.A_inv: FloatArray = np.eye(self.dim) / self.ridge
+        # Hierarchical prior: a context × arm interaction is a priori smaller than a main
+        # effect, so it gets a stronger ridge (interaction_ridge × ridge).
+        prior = np.full(self.dim, self.ridge)
+        crossed = np.zeros((dc, m), dtype=bool)
+        crossed[1:, 1:] = True
+        prior[: dc * m][crossed.ravel()] *= self.interaction_ridge
+        self.prior_precision = prior
+        self.A: FloatArray = np.diag(prior)
+        self.A_inv: FloatArray = np.diag(1.0 / prior)
         self.b: FloatArray = np.zeros(self.dim)
         self.theta: FloatArray = np.zeros(self.dim)
         # M(x) has x in fixed positions of its upper block and an identity lower block.
@@ -44,6 +62,14 @@ class LinearPolicy(Policy):
         self._M[dc * m :, m:] = np.eye(n_features - m)
         self._rows = np.arange(dc * m)
         self._cols = np.tile(np.arange(m), dc)
+
+    def linear_hyperparameters(self) -> dict[str, float]:
+        return {
+            "ridge": self.ridge,
+            "noise": self.noise,
+            "prior_mean": self.prior_mean,
+            "interaction_ridge": self.interaction_ridge,
+        }
 
     def project(self, x: FloatArray) -> FloatArray:
         """M(x): φ(x, a) = M(x) @ z_a."""
@@ -63,7 +89,7 @@ class LinearPolicy(Policy):
         mu = M.T @ self.theta
         G = M.T @ (self.A_inv @ M)
         Z = self.design.features[arms]
-        mean = Z @ mu
+        mean = Z @ mu + self.prior_mean
         width = np.maximum(np.einsum("ij,jk,ik->i", Z, G, Z), 0.0)
         return mean, width, mu, G
 
@@ -76,10 +102,11 @@ class LinearPolicy(Policy):
         A_inv_phi = self.A_inv @ phi
         denominator = 1.0 + float(phi @ A_inv_phi)
         gain = A_inv_phi / denominator
-        self.theta += gain * (reward - float(phi @ self.theta))
+        residual = reward - self.prior_mean
+        self.theta += gain * (residual - float(phi @ self.theta))
         self.A_inv -= np.outer(gain, A_inv_phi)
         self.A += np.outer(phi, phi)
-        self.b += reward * phi
+        self.b += residual * phi
         if (self.revision + 1) % self.refresh_every == 0:
             self._refresh()
 
@@ -118,7 +145,7 @@ class LinearPolicy(Policy):
         """Add another replica's sufficient statistics (both started from the same prior)."""
         if other.dim != self.dim or other.design.digest != self.design.digest:
             raise ValueError("cannot merge policies of different designs")
-        self.A += other.A - np.eye(self.dim) * other.ridge
+        self.A += other.A - np.diag(other.prior_precision)
         self.b += other.b
         self.revision += other.revision
         self._refresh()

@@ -42,8 +42,16 @@ class LinTS(LinearPolicy):
         inflation: float = 1.0,
         ridge: float = 1.0,
         noise: float = 0.1,
+        prior_mean: float = 0.5,
+        interaction_ridge: float = 10.0,
     ) -> None:
-        super().__init__(design, ridge=ridge, noise=noise)
+        super().__init__(
+            design,
+            ridge=ridge,
+            noise=noise,
+            prior_mean=prior_mean,
+            interaction_ridge=interaction_ridge,
+        )
         if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 100_000:
             raise ConfigError(
                 "policy.lints.draws", f"must be an integer in [1, 100000], got {draws!r}"
@@ -68,6 +76,5 @@ class LinTS(LinearPolicy):
         return {
             "draws": self.draws,
             "inflation": self.inflation,
-            "ridge": self.ridge,
-            "noise": self.noise,
+            **self.linear_hyperparameters(),
         }

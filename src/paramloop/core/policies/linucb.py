@@ -41,9 +41,22 @@ class LinUCB(LinearPolicy):
     version = "1.0.0"
 
     def __init__(
-        self, design: ArmDesign, *, alpha: float = 0.5, ridge: float = 1.0, noise: float = 0.1
+        self,
+        design: ArmDesign,
+        *,
+        alpha: float = 0.5,
+        ridge: float = 1.0,
+        noise: float = 0.1,
+        prior_mean: float = 0.5,
+        interaction_ridge: float = 10.0,
     ) -> None:
-        super().__init__(design, ridge=ridge, noise=noise)
+        super().__init__(
+            design,
+            ridge=ridge,
+            noise=noise,
+            prior_mean=prior_mean,
+            interaction_ridge=interaction_ridge,
+        )
         self.alpha = check_positive(self.name, "alpha", alpha, allow_zero=True)
 
     def _distribution(
@@ -54,4 +67,7 @@ class LinUCB(LinearPolicy):
         return argmax_share(mean + self.alpha * root), mean, self.noise * root
 
     def hyperparameters(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "ridge": self.ridge, "noise": self.noise}
+        return {
+            "alpha": self.alpha,
+            **self.linear_hyperparameters(),
+        }
