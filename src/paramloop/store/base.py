@@ -27,7 +27,11 @@ class DecisionLog(Protocol):
     :class:`~paramloop.errors.DuplicateRequestError`,
     :class:`~paramloop.errors.UnknownRequestError`,
     :class:`~paramloop.errors.ConflictingOutcomeError` or
-    :class:`~paramloop.errors.StoreError`, and leave the store unchanged when they do.
+    :class:`~paramloop.errors.StoreError`, and leave the store unchanged when they do;
+    also :class:`~paramloop.errors.OutcomeError` for an outcome that does not fit
+    its decision (another task type, an unknown ``source``) and
+    :class:`~paramloop.errors.ConfigError` for a negative ``limit`` or a
+    ``chunk_size`` below 1.
     """
 
     def append_decision(self, decision: Decision) -> None:

@@ -1,0 +1,130 @@
+"""The tables of the decision log, as SQLAlchemy Core metadata.
+
+Queries are written against these tables; the Alembic revisions in
+``migrations/versions`` create them.  Revisions are frozen history and never
+import this module, so the contract suite checks that a migrated database and
+this metadata agree.
+
+``logged_decisions`` keeps the column names of the published schema
+(``context_fingerprint``, ``context_features``, ``chosen_params``,
+``log_propensity``, ``outcome``, ``policy_version``, ``timestamp``) so that
+existing dashboards and queries keep working; ``log_propensity`` holds the
+propensity itself, not its logarithm.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+#: Values of ``outcomes.source``.
+OUTCOME_SOURCES = ("observed", "default")
+
+# SQLite only autoincrements a column declared exactly ``INTEGER PRIMARY KEY``;
+# PostgreSQL gets a 64-bit sequence.
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+logged_decisions = Table(
+    "logged_decisions",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("request_id", Text, nullable=False),
+    Column("task_type", Text, nullable=False),
+    Column("model_name", Text, nullable=False),
+    # The fingerprint is an unsigned 64-bit integer, stored two's-complement.
+    Column("context_fingerprint", BigInteger, nullable=False),
+    Column("context_features", Text, nullable=False),
+    Column("chosen_params", Text, nullable=False),
+    Column("log_propensity", Double, nullable=False),
+    Column("outcome", Text, nullable=True),
+    Column("policy_version", Text, nullable=False),
+    Column("timestamp", Double, nullable=False),
+    Column("arm", Integer, nullable=False),
+    Column("confidence", Double, nullable=False),
+    Column("policy_revision", BigInteger, nullable=False),
+    Column("origin", Text, nullable=False),
+    Column("phase", Text, nullable=False),
+    Column("applied", Boolean, nullable=False),
+    Column("seed", BigInteger, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("schema_version", Integer, nullable=False),
+    Column("reward", Double, nullable=True),
+    UniqueConstraint("request_id", name="uq_logged_decisions_request_id"),
+)
+# ``id`` breaks ties between equal timestamps, so keyset pagination in
+# (timestamp, id) order is served by the index alone.
+Index(
+    "ix_logged_decisions_task_type_timestamp",
+    logged_decisions.c.task_type,
+    logged_decisions.c.timestamp,
+    logged_decisions.c.id,
+)
+# Default rewards scan the decisions still waiting for an outcome; without the
+# partial index every scan would walk the whole history of the task type.
+Index(
+    "ix_logged_decisions_pending",
+    logged_decisions.c.task_type,
+    logged_decisions.c.timestamp,
+    logged_decisions.c.id,
+    sqlite_where=logged_decisions.c.outcome.is_(None),
+    postgresql_where=logged_decisions.c.outcome.is_(None),
+)
+
+outcomes = Table(
+    "outcomes",
+    metadata,
+    Column("seq", _ID, primary_key=True, autoincrement=True),
+    Column(
+        "request_id",
+        Text,
+        ForeignKey("logged_decisions.request_id", name="fk_outcomes_request_id_logged_decisions"),
+        nullable=False,
+    ),
+    Column("task_type", Text, nullable=False),
+    Column("quality", Double, nullable=True),
+    Column("latency_ms", Double, nullable=True),
+    Column("prompt_tokens", BigInteger, nullable=True),
+    Column("completion_tokens", BigInteger, nullable=True),
+    Column("cost", Double, nullable=True),
+    Column("error", Boolean, nullable=False),
+    Column("feedback", Double, nullable=True),
+    Column("explicit_reward", Double, nullable=True),
+    Column("reward", Double, nullable=False),
+    Column("reward_version", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("timestamp", Double, nullable=False),
+    UniqueConstraint("request_id", name="uq_outcomes_request_id"),
+    CheckConstraint("source IN ('observed', 'default')", name="ck_outcomes_source"),
+    # Without AUTOINCREMENT SQLite may hand out a seq again after the highest
+    # row is deleted; readers resume from a seq, so it must never go back.
+    sqlite_autoincrement=True,
+)
+Index("ix_outcomes_task_type_seq", outcomes.c.task_type, outcomes.c.seq)
+
+policy_snapshots = Table(
+    "policy_snapshots",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("task_type", Text, nullable=False),
+    Column("policy_version", Text, nullable=False),
+    Column("revision", BigInteger, nullable=False),
+    Column("last_outcome_seq", BigInteger, nullable=False),
+    Column("state", LargeBinary, nullable=False),
+    Column("timestamp", Double, nullable=False),
+)
+Index("ix_policy_snapshots_task_type_id", policy_snapshots.c.task_type, policy_snapshots.c.id)

@@ -1,0 +1,566 @@
+"""The decision log on SQLAlchemy Core, shared by the SQLite and PostgreSQL stores.
+
+:class:`SQLDecisionLog` holds every query and every conversion between values
+and rows.  A backend says only how to open a transaction
+(:meth:`SQLDecisionLog._begin`), how to keep outcome sequence numbers in
+commit order (:meth:`SQLDecisionLog._serialize_outcomes`) and how to let go of
+its connections (:meth:`SQLDecisionLog._release`).
+
+Values round-trip exactly: floats are stored as double precision and JSON
+keeps their ``repr``; the unsigned 64-bit context fingerprint is stored as a
+signed BIGINT and mapped back.  Values a backend cannot hold exactly (a NaN,
+which SQLite stores as NULL; a NUL character, which PostgreSQL text refuses;
+a lone surrogate, which is not UTF-8; an integer outside 64 bits) are refused with a
+:class:`~paramloop.errors.StoreError` on every backend, so both backends keep
+the same contract.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import ColumnElement, RowMapping, Select, and_, bindparam, func, select, tuple_
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+
+from paramloop.errors import (
+    ConfigError,
+    ConflictingOutcomeError,
+    DuplicateRequestError,
+    OutcomeError,
+    StoreError,
+    UnknownRequestError,
+)
+from paramloop.store.base import LoggedRow, OutcomeRow
+from paramloop.store.schema import OUTCOME_SOURCES, logged_decisions, outcomes, policy_snapshots
+from paramloop.types import Decision, Outcome, PolicySnapshot, RecordedOutcome
+
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+_UINT64_MAX = 2**64 - 1
+
+# How many request ids one "which of these exist?" query names; SQLite caps
+# the number of bound parameters of a statement.
+_LOOKUP_CHUNK = 500
+
+_D = logged_decisions.c
+_O = outcomes.c
+_S = policy_snapshots.c
+
+# A decision with its outcome: outcome columns are prefixed ``o_`` because
+# both tables have request_id, task_type, error, reward and timestamp.
+_OUTCOME_COLUMNS = [column.label(f"o_{column.name}") for column in outcomes.c]
+_JOINED_COLUMNS = [*logged_decisions.c, *_OUTCOME_COLUMNS]
+
+# The per-request statements are built once: building a statement costs more
+# than SQLite takes to run it.  (Bind names must differ from column names in
+# an UPDATE, where those are reserved for the SET clause.)
+_INSERT_DECISION = logged_decisions.insert()
+_INSERT_OUTCOME = outcomes.insert()
+_GET_DECISION = select(logged_decisions).where(_D.request_id == bindparam("b_request_id"))
+_GET_OUTCOME = select(outcomes).where(_O.request_id == bindparam("b_request_id"))
+# The decision's task type and, when there is one, its outcome: one round trip.
+_DECISION_AND_OUTCOME = (
+    select(_D.task_type, *_OUTCOME_COLUMNS)
+    .select_from(logged_decisions.outerjoin(outcomes, _O.request_id == _D.request_id))
+    .where(_D.request_id == bindparam("b_request_id"))
+)
+_MARK_DECIDED = (
+    logged_decisions.update()
+    .where(_D.request_id == bindparam("b_request_id"))
+    .values(outcome=bindparam("b_outcome"), reward=bindparam("b_reward"))
+)
+
+
+class SQLDecisionLog(ABC):
+    """A :class:`~paramloop.store.base.DecisionLog` on a SQLAlchemy engine.
+
+    Not meant to be built directly: use :class:`~paramloop.store.SQLiteDecisionLog`,
+    :class:`~paramloop.store.PostgresDecisionLog` or
+    :func:`~paramloop.store.open_store`.
+    """
+
+    #: Backend name used in error messages.
+    backend = "SQL"
+
+    def __init__(self, location: str) -> None:
+        # ``location`` names the database in error messages; it never holds a password.
+        self._location = location
+        self._closed = False
+
+    @property
+    def location(self) -> str:
+        """The database this store writes to (a path, or a URL without its password)."""
+        return self._location
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    # -- backend hooks -------------------------------------------------------
+
+    @abstractmethod
+    def _begin(self, *, write: bool) -> AbstractContextManager[Connection]:
+        """A connection inside a transaction that commits when the block exits cleanly."""
+
+    @abstractmethod
+    def _serialize_outcomes(self, connection: Connection, task_type: str) -> None:
+        """Make outcomes of ``task_type`` commit in the order of their ``seq``.
+
+        Readers resume from the last ``seq`` they saw; a smaller ``seq``
+        committed after a larger one would be skipped for ever.
+        """
+
+    @abstractmethod
+    def _release(self) -> None:
+        """Close the backend's connections."""
+
+    # -- DecisionLog ---------------------------------------------------------
+
+    def append_decision(self, decision: Decision) -> None:
+        row = _decision_row(decision)
+        try:
+            with self._transaction("append_decision", write=True, pass_integrity=True) as conn:
+                conn.execute(_INSERT_DECISION, row)
+        except IntegrityError as exc:
+            raise self._duplicate_error("append_decision", [decision.request_id], exc) from exc
+
+    def append_decisions(self, decisions: list[Decision]) -> None:
+        self._check_open("append_decisions")
+        seen: set[str] = set()
+        for decision in decisions:
+            if decision.request_id in seen:
+                raise DuplicateRequestError(decision.request_id)
+            seen.add(decision.request_id)
+        if not decisions:
+            return
+        rows = [_decision_row(decision) for decision in decisions]
+        try:
+            with self._transaction("append_decisions", write=True, pass_integrity=True) as conn:
+                conn.execute(_INSERT_DECISION, rows)
+        except IntegrityError as exc:
+            ids = [decision.request_id for decision in decisions]
+            raise self._duplicate_error("append_decisions", ids, exc) from exc
+
+    def get_decision(self, request_id: str) -> Decision | None:
+        with self._transaction("get_decision", write=False) as conn:
+            row = conn.execute(_GET_DECISION, {"b_request_id": request_id}).mappings().one_or_none()
+        return None if row is None else _decision_from_row(row)
+
+    def attach_outcome(self, recorded: RecordedOutcome) -> tuple[RecordedOutcome, bool]:
+        row = _outcome_row(recorded)
+        try:
+            with self._transaction("attach_outcome", write=True, pass_integrity=True) as conn:
+                self._serialize_outcomes(conn, recorded.task_type)
+                found = (
+                    conn.execute(_DECISION_AND_OUTCOME, {"b_request_id": recorded.request_id})
+                    .mappings()
+                    .one_or_none()
+                )
+                if found is None:
+                    raise UnknownRequestError(recorded.request_id)
+                task_type = found["task_type"]
+                if task_type != recorded.task_type:
+                    raise OutcomeError(
+                        "task_type",
+                        f"is {recorded.task_type!r} but request_id {recorded.request_id!r} "
+                        f"was logged under task type {task_type!r}",
+                    )
+                if found["o_seq"] is None:
+                    key = conn.execute(_INSERT_OUTCOME, row).inserted_primary_key
+                    if key is None:
+                        raise StoreError(
+                            f"attach_outcome: the {self.backend} store did not report the seq "
+                            f"of the outcome of {recorded.request_id!r}"
+                        )
+                    seq = int(key[0])
+                    conn.execute(
+                        _MARK_DECIDED,
+                        {
+                            "b_request_id": recorded.request_id,
+                            "b_outcome": _dumps(recorded.outcome.to_dict()),
+                            "b_reward": recorded.reward,
+                        },
+                    )
+                    return replace(recorded, seq=seq), True
+                existing = _outcome_from_row(found, prefix="o_")
+        except IntegrityError as exc:
+            # Another process recorded an outcome for this request between our
+            # read and our insert: the unique constraint decided, so compare.
+            raced = self.get_outcome(recorded.request_id)
+            if raced is None:
+                raise self._store_error("attach_outcome", exc) from exc
+            existing = raced
+        if _same_outcome(existing, recorded):
+            return existing, False
+        raise ConflictingOutcomeError(recorded.request_id)
+
+    def get_outcome(self, request_id: str) -> RecordedOutcome | None:
+        with self._transaction("get_outcome", write=False) as conn:
+            row = conn.execute(_GET_OUTCOME, {"b_request_id": request_id}).mappings().one_or_none()
+        return None if row is None else _outcome_from_row(row)
+
+    def outcomes_since(self, task_type: str, after_seq: int, limit: int) -> list[OutcomeRow]:
+        _check_limit("limit", limit, minimum=0)
+        query = (
+            select(*_JOINED_COLUMNS)
+            .select_from(outcomes.join(logged_decisions, _O.request_id == _D.request_id))
+            .where(_O.task_type == task_type, _O.seq > after_seq)
+            .order_by(_O.seq)
+            .limit(limit)
+        )
+        with self._transaction("outcomes_since", write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [(_decision_from_row(row), _outcome_from_row(row, prefix="o_")) for row in rows]
+
+    def pending_decisions(self, task_type: str, before: float, limit: int) -> list[Decision]:
+        _check_limit("limit", limit, minimum=0)
+        query = (
+            select(logged_decisions)
+            .where(_D.task_type == task_type, _D.outcome.is_(None), _D.timestamp < before)
+            .order_by(_D.timestamp, _D.id)
+            .limit(limit)
+        )
+        with self._transaction("pending_decisions", write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [_decision_from_row(row) for row in rows]
+
+    def iter_logged(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        chunk_size: int = 10_000,
+    ) -> Iterator[list[LoggedRow]]:
+        """Stream decisions of a task type in ``[start, end)``, oldest first, in chunks.
+
+        "Oldest" is by timestamp, then by insertion order.  Each chunk is read
+        in a short transaction of its own (keyset pagination on
+        ``(timestamp, id)``), so a slow consumer never holds a transaction open
+        and never holds more than one chunk in memory; rows logged while the
+        iteration runs are included if they sort after the current position.
+        """
+        self._check_open("iter_logged")
+        _check_limit("chunk_size", chunk_size, minimum=1)
+        window: list[ColumnElement[bool]] = [_D.task_type == task_type]
+        if start is not None:
+            window.append(_D.timestamp >= start)
+        if end is not None:
+            window.append(_D.timestamp < end)
+        query = (
+            select(*_JOINED_COLUMNS)
+            .select_from(logged_decisions.outerjoin(outcomes, _O.request_id == _D.request_id))
+            .order_by(_D.timestamp, _D.id)
+            .limit(chunk_size)
+        )
+        return self._iter_chunks(query, window, chunk_size)
+
+    def count_decisions(self, task_type: str | None = None) -> int:
+        query = select(func.count()).select_from(logged_decisions)
+        if task_type is not None:
+            query = query.where(_D.task_type == task_type)
+        with self._transaction("count_decisions", write=False) as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def save_snapshot(self, snapshot: PolicySnapshot) -> None:
+        row = {
+            "task_type": _text("snapshot.task_type", snapshot.task_type),
+            "policy_version": _text("snapshot.policy", snapshot.policy),
+            "revision": _int64("snapshot.revision", snapshot.revision),
+            "last_outcome_seq": _int64("snapshot.last_outcome_seq", snapshot.last_outcome_seq),
+            "state": bytes(snapshot.state),
+            "timestamp": _real("snapshot.timestamp", snapshot.timestamp),
+        }
+        with self._transaction("save_snapshot", write=True) as conn:
+            conn.execute(policy_snapshots.insert(), row)
+
+    def latest_snapshot(self, task_type: str) -> PolicySnapshot | None:
+        query = (
+            select(policy_snapshots)
+            .where(_S.task_type == task_type)
+            .order_by(_S.id.desc())
+            .limit(1)
+        )
+        with self._transaction("latest_snapshot", write=False) as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        if row is None:
+            return None
+        return PolicySnapshot(
+            task_type=row["task_type"],
+            policy=row["policy_version"],
+            revision=int(row["revision"]),
+            last_outcome_seq=int(row["last_outcome_seq"]),
+            state=bytes(row["state"]),
+            timestamp=float(row["timestamp"]),
+        )
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._release()
+
+    # -- shared machinery ----------------------------------------------------
+
+    def _iter_chunks(
+        self, query: Select[Any], window: list[ColumnElement[bool]], chunk_size: int
+    ) -> Iterator[list[LoggedRow]]:
+        after: ColumnElement[bool] | None = None
+        while True:
+            conditions = window if after is None else [*window, after]
+            with self._transaction("iter_logged", write=False) as conn:
+                rows = conn.execute(query.where(and_(*conditions))).mappings().all()
+            if not rows:
+                return
+            yield [_logged_row(row) for row in rows]
+            last = rows[-1]
+            # A row-value comparison, not the equivalent OR: PostgreSQL seeks
+            # the index to a row value, but only filters an OR, which would
+            # rescan the task type from its first row for every chunk.
+            after = tuple_(_D.timestamp, _D.id) > tuple_(last["timestamp"], last["id"])
+            if len(rows) < chunk_size:
+                return
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed:
+            raise StoreError(f"{operation}: the {self.backend} store at {self._location} is closed")
+
+    @contextmanager
+    def _transaction(
+        self, operation: str, *, write: bool, pass_integrity: bool = False
+    ) -> Iterator[Connection]:
+        """One transaction, with driver failures turned into :class:`StoreError`.
+
+        With ``pass_integrity`` an :class:`IntegrityError` propagates as it is,
+        for callers that turn a unique-constraint violation into a domain error.
+        """
+        self._check_open(operation)
+        try:
+            with self._begin(write=write) as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            if pass_integrity and isinstance(exc, IntegrityError):
+                raise
+            raise self._store_error(operation, exc) from exc
+
+    def _store_error(self, operation: str, exc: SQLAlchemyError) -> StoreError:
+        return StoreError(
+            f"{operation} failed on the {self.backend} store at {self._location}: {_describe(exc)}"
+        )
+
+    def _duplicate_error(
+        self, operation: str, request_ids: Sequence[str], exc: IntegrityError
+    ) -> Exception:
+        """The error to raise for an integrity violation while appending decisions."""
+        existing: set[str] = set()
+        for i in range(0, len(request_ids), _LOOKUP_CHUNK):
+            chunk = request_ids[i : i + _LOOKUP_CHUNK]
+            query = select(_D.request_id).where(_D.request_id.in_(chunk))
+            with self._transaction(operation, write=False) as conn:
+                existing.update(conn.execute(query).scalars())
+        for request_id in request_ids:
+            if request_id in existing:
+                return DuplicateRequestError(request_id)
+        return self._store_error(operation, exc)
+
+
+# -- values <-> rows -------------------------------------------------------------
+
+
+def _decision_row(decision: Decision) -> dict[str, Any]:
+    data = decision.to_dict()
+    fingerprint = decision.context_fingerprint
+    if not 0 <= fingerprint <= _UINT64_MAX:
+        raise StoreError(
+            f"cannot store decision {decision.request_id!r}: context_fingerprint must be an "
+            f"unsigned 64-bit integer (0 to 2**64 - 1), got {fingerprint!r}"
+        )
+    seed = decision.seed
+    return {
+        "request_id": _text("request_id", decision.request_id),
+        "task_type": _text("task_type", decision.task_type),
+        "model_name": _text("params.model", decision.params.model),
+        # Two's complement: BIGINT is signed, the fingerprint is not.
+        "context_fingerprint": fingerprint - 2**64 if fingerprint > _INT64_MAX else fingerprint,
+        "context_features": _json("context", data["context"]),
+        "chosen_params": _json("params", data["params"]),
+        "log_propensity": _real("propensity", decision.propensity),
+        "policy_version": _text("policy", decision.policy),
+        "timestamp": _real("timestamp", decision.timestamp),
+        "arm": _int_range("arm", decision.arm, -(2**31), 2**31 - 1),
+        "confidence": _real("confidence", decision.confidence),
+        "policy_revision": _int64("policy_revision", decision.policy_revision),
+        "origin": _text("origin", decision.origin),
+        "phase": _text("phase", decision.phase),
+        "applied": bool(decision.applied),
+        "seed": None if seed is None else _int64("seed", seed),
+        "error": None if decision.error is None else _text("error", decision.error),
+        "schema_version": _int_range(
+            "schema_version", decision.schema_version, -(2**31), 2**31 - 1
+        ),
+    }
+
+
+def _decision_from_row(row: RowMapping) -> Decision:
+    fingerprint = int(row["context_fingerprint"])
+    return Decision.from_dict(
+        {
+            "request_id": row["request_id"],
+            "task_type": row["task_type"],
+            "arm": row["arm"],
+            "params": json.loads(row["chosen_params"]),
+            "propensity": row["log_propensity"],
+            "confidence": row["confidence"],
+            "policy": row["policy_version"],
+            "policy_revision": row["policy_revision"],
+            "origin": row["origin"],
+            "context": json.loads(row["context_features"]),
+            "context_fingerprint": fingerprint + 2**64 if fingerprint < 0 else fingerprint,
+            "timestamp": row["timestamp"],
+            "seed": row["seed"],
+            "phase": row["phase"],
+            "applied": row["applied"],
+            "error": row["error"],
+            "schema_version": row["schema_version"],
+        }
+    )
+
+
+def _outcome_row(recorded: RecordedOutcome) -> dict[str, Any]:
+    if recorded.source not in OUTCOME_SOURCES:
+        raise OutcomeError(
+            "source", f"must be one of {', '.join(OUTCOME_SOURCES)}, got {recorded.source!r}"
+        )
+    outcome = recorded.outcome
+    return {
+        "request_id": _text("request_id", recorded.request_id),
+        "task_type": _text("task_type", recorded.task_type),
+        "quality": _optional_real("outcome.quality", outcome.quality),
+        "latency_ms": _optional_real("outcome.latency_ms", outcome.latency_ms),
+        "prompt_tokens": _optional_int64("outcome.prompt_tokens", outcome.prompt_tokens),
+        "completion_tokens": _optional_int64(
+            "outcome.completion_tokens", outcome.completion_tokens
+        ),
+        "cost": _optional_real("outcome.cost", outcome.cost),
+        "error": bool(outcome.error),
+        "feedback": _optional_real("outcome.feedback", outcome.feedback),
+        "explicit_reward": _optional_real("outcome.reward", outcome.reward),
+        "reward": _real("reward", recorded.reward),
+        "reward_version": _text("reward_version", recorded.reward_version),
+        "source": recorded.source,
+        "timestamp": _real("timestamp", recorded.timestamp),
+    }
+
+
+def _outcome_from_row(row: RowMapping, prefix: str = "") -> RecordedOutcome:
+    def col(name: str) -> Any:
+        return row[prefix + name]
+
+    return RecordedOutcome(
+        request_id=col("request_id"),
+        task_type=col("task_type"),
+        outcome=Outcome(
+            quality=col("quality"),
+            latency_ms=col("latency_ms"),
+            prompt_tokens=col("prompt_tokens"),
+            completion_tokens=col("completion_tokens"),
+            cost=col("cost"),
+            error=bool(col("error")),
+            feedback=col("feedback"),
+            reward=col("explicit_reward"),
+        ),
+        reward=float(col("reward")),
+        reward_version=col("reward_version"),
+        source=col("source"),
+        timestamp=float(col("timestamp")),
+        seq=int(col("seq")),
+    )
+
+
+def _logged_row(row: RowMapping) -> LoggedRow:
+    recorded = None if row["o_seq"] is None else _outcome_from_row(row, prefix="o_")
+    return _decision_from_row(row), recorded
+
+
+def _same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
+    # The timestamp and seq say when it was stored, not what was recorded.
+    return (
+        stored.outcome == new.outcome
+        and stored.reward == new.reward
+        and stored.reward_version == new.reward_version
+        and stored.source == new.source
+    )
+
+
+def _dumps(value: object) -> str:
+    # json keeps each float's repr, so floats read back bit for bit.
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _json(field: str, value: object) -> str:
+    try:
+        return _dumps(value)
+    except (TypeError, ValueError) as exc:  # a value JSON cannot encode (a numpy scalar, …)
+        raise StoreError(f"cannot store {field}: {exc}") from exc
+
+
+# -- what a backend can hold -------------------------------------------------------
+
+
+def _text(field: str, value: str) -> str:
+    if "\x00" in value:
+        raise StoreError(f"cannot store {field} {value!r}: PostgreSQL text cannot hold NUL (\\x00)")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise StoreError(
+                f"cannot store {field} {value!r}: it holds a lone surrogate, which is not UTF-8"
+            ) from None
+    return value
+
+
+def _real(field: str, value: float) -> float:
+    if math.isnan(value):
+        raise StoreError(
+            f"cannot store {field}: NaN does not round-trip (SQLite stores it as NULL)"
+        )
+    return value
+
+
+def _optional_real(field: str, value: float | None) -> float | None:
+    return None if value is None else _real(field, value)
+
+
+def _int_range(field: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise StoreError(f"cannot store {field}: must be in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
+def _int64(field: str, value: int) -> int:
+    return _int_range(field, value, _INT64_MIN, _INT64_MAX)
+
+
+def _optional_int64(field: str, value: int | None) -> int | None:
+    return None if value is None else _int64(field, value)
+
+
+def _check_limit(field: str, value: int, *, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(field, f"must be >= {minimum}, got {value!r}")
+
+
+def _describe(exc: SQLAlchemyError) -> str:
+    """The driver's own message, without SQLAlchemy's statement and parameters."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        origin = exc.orig
+        return f"{type(origin).__name__}: {str(origin).strip()}"
+    return f"{type(exc).__name__}: {exc}"

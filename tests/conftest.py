@@ -1,0 +1,102 @@
+"""Store fixtures: every store test runs once per backend, each on its own database.
+
+SQLite gets a file in the test's temporary directory.  PostgreSQL gets a fresh
+schema in the server at ``PARAMLOOP_TEST_POSTGRES_URL`` (default
+``postgresql+psycopg://root@127.0.0.1:5432/test``), dropped afterwards.  When
+that server is unreachable the PostgreSQL cases are skipped, or fail when
+``CI=true``: CI must never pass without testing the production store.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
+
+from paramloop.store.base import DecisionLog
+from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
+from paramloop.store.sqlite import SQLiteDecisionLog
+
+POSTGRES_URL_ENV = "PARAMLOOP_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://root@127.0.0.1:5432/test"
+
+#: (backend, location, schema): a SQLite file path, or a PostgreSQL URL and schema.
+StoreSpec = tuple[str, str, str | None]
+
+
+def postgres_url() -> str:
+    return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
+
+
+def open_spec(spec: StoreSpec) -> DecisionLog:
+    backend, location, schema = spec
+    if backend == "sqlite":
+        return SQLiteDecisionLog(location)
+    return PostgresDecisionLog(location, schema=schema)
+
+
+@pytest.fixture(scope="session")
+def postgres_engine() -> Iterator[Engine]:
+    """An engine on the test server, for creating and dropping schemas."""
+    url = psycopg_url(postgres_url())
+    engine = create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": 3})
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        cause = exc.orig if isinstance(exc, DBAPIError) else exc
+        reason = (
+            f"PostgreSQL is unreachable at {url.render_as_string(hide_password=True)} "
+            f"({str(cause).strip()}); set {POSTGRES_URL_ENV} to a server the tests may "
+            "create schemas in"
+        )
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_schema(postgres_engine: Engine) -> Iterator[str]:
+    """The name of a schema no other test uses; the store creates it, teardown drops it."""
+    name = f"paramloop_test_{uuid.uuid4().hex[:16]}"
+    yield name
+    with postgres_engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    if request.param == "sqlite":
+        return ("sqlite", str(tmp_path / "decisions.db"), None)
+    schema: str = request.getfixturevalue("postgres_schema")
+    return ("postgres", postgres_url(), schema)
+
+
+@pytest.fixture
+def open_store_at(store_spec: StoreSpec) -> Iterator[Callable[[], DecisionLog]]:
+    """Open (or reopen) a store on the test's database; every store opened is closed afterwards."""
+    opened: list[DecisionLog] = []
+
+    def open_() -> DecisionLog:
+        store = open_spec(store_spec)
+        opened.append(store)
+        return store
+
+    yield open_
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store_at: Callable[[], DecisionLog]) -> DecisionLog:
+    return open_store_at()
