@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,13 @@ class NumericFeature:
     lower: float = 0.0
     default: float = 0.0
     integer: bool = False
+    _span: float = field(init=False, repr=False, compare=False, default=1.0)
+
+    def __post_init__(self) -> None:
+        # The denominator of the encoding, computed once (encode runs on every request).
+        span = self.cap - self.lower
+        if math.isfinite(span) and span > 0:
+            object.__setattr__(self, "_span", math.log1p(span) if self.scale == "log" else span)
 
     @property
     def width(self) -> int:
@@ -56,11 +63,8 @@ class NumericFeature:
         return int(value) if self.integer else float(value)
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
-        v = float(value)  # type: ignore[arg-type]
-        if self.scale == "log":
-            out.append(min(math.log1p(v - self.lower) / math.log1p(self.cap - self.lower), 1.0))
-        else:
-            out.append(min((v - self.lower) / (self.cap - self.lower), 1.0))
+        v = float(value) - self.lower  # type: ignore[arg-type]
+        out.append(min((math.log1p(v) if self.scale == "log" else v) / self._span, 1.0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,7 @@ class Featurizer:
                 raise ConfigError(f"features.{feature.name}.unknown", "must be 'error' or 'ignore'")
         self.features = tuple(features)
         self._by_name = {feature.name: feature for feature in self.features}
+        self._names = repr(tuple(self._by_name))
         self.dim = 1 + sum(feature.width for feature in self.features)
         columns = ["bias"]
         for feature in self.features:
@@ -236,20 +241,37 @@ class Featurizer:
     def featurize(
         self, raw: Mapping[str, object]
     ) -> tuple[dict[str, FeatureValue], FloatArray, int]:
-        """Validate, encode and fingerprint a raw context."""
-        context = self.validate(raw)
-        return context, self.transform(context), fingerprint(context)
+        """Validate, encode and fingerprint a raw context (one pass: this runs on every request)."""
+        by_name = self._by_name
+        if not isinstance(raw, Mapping) or any(name not in by_name for name in raw):
+            self.validate(raw)  # raises the specific error
+        context: dict[str, FeatureValue] = {}
+        out = [1.0]
+        for feature in self.features:
+            value = raw.get(feature.name)
+            if value is None:
+                default = feature.default
+                valid: FeatureValue = default if default is not None else ""
+            else:
+                valid = feature.validate(value)
+            context[feature.name] = valid
+            feature.encode(valid, out)
+        return context, np.array(out), _fingerprint(self._names, tuple(context.values()))
 
 
 def fingerprint(context: Context) -> int:
     """A stable unsigned 64-bit fingerprint of a validated context.
 
-    The canonical form is the ``repr`` of its (name, value) pairs in the
+    The canonical form is the ``repr`` of its names, then of its values, in the
     featurizer's declaration order (which :meth:`Featurizer.validate` always
     produces); ``repr`` of str/int/float/bool is exact and platform-independent.
 
     >>> fingerprint({"risk_tier": "low", "prompt_tokens": 10})
-    2185148941400604155
+    10580822525449072920
     """
-    canonical = repr(tuple(context.items())).encode()
+    return _fingerprint(repr(tuple(context)), tuple(context.values()))
+
+
+def _fingerprint(names: str, values: tuple[FeatureValue, ...]) -> int:
+    canonical = (names + repr(values)).encode()
     return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")

@@ -262,7 +262,8 @@ def decide(policy: Policy, x: FloatArray, arms: IntArray, seed: int, exploration
     probs, mean, std = policy.distribution(x, arms, rng)
     k = len(arms)
     if exploration > 0.0:
-        probs = (1.0 - exploration) * probs + exploration / k
+        probs = probs * (1.0 - exploration)
+        probs += exploration / k
     cumulative = np.cumsum(probs)
     u = (_mix64(seed) >> 11) * (1.0 / 9007199254740992.0)  # top 53 bits → [0, 1)
     index = min(int(np.searchsorted(cumulative, u * cumulative[-1], side="right")), k - 1)
@@ -296,11 +297,12 @@ def confidence(mean: FloatArray, std: FloatArray, index: int) -> float:
     """
     if mean.size == 1:
         return 1.0
-    others = mean.copy()
-    others[index] = -np.inf
-    rival = int(np.argmax(others))
+    own = mean[index]
+    mean[index] = -np.inf  # find the best other arm without copying; restored below
+    rival = int(mean.argmax())
+    mean[index] = own
     spread = math.hypot(float(std[index]), float(std[rival]))
-    gap = float(mean[index] - mean[rival])
+    gap = float(own - mean[rival])
     if spread == 0.0:
         return 1.0 if gap > 0 else (0.5 if gap == 0 else 0.0)
     return 0.5 * math.erfc(-gap / (spread * math.sqrt(2.0)))
@@ -309,7 +311,7 @@ def confidence(mean: FloatArray, std: FloatArray, index: int) -> float:
 def argmax_share(scores: FloatArray) -> FloatArray:
     """Probability 1 on the best score, split evenly among exact ties."""
     best = scores == scores.max()
-    share: FloatArray = best / best.sum()
+    share: FloatArray = best / np.count_nonzero(best)
     return share
 
 

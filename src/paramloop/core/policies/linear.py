@@ -60,8 +60,10 @@ class LinearPolicy(Policy):
         # M(x) has x in fixed positions of its upper block and an identity lower block.
         self._M = np.zeros((self.dim, n_features))
         self._M[dc * m :, m:] = np.eye(n_features - m)
-        self._rows = np.arange(dc * m)
-        self._cols = np.tile(np.arange(m), dc)
+        # A writeable view of the entries of M that hold x: M[i·m + j, j] = x_i.
+        self._x_slots = np.einsum("ijj->ij", self._M[: dc * m, :m].reshape(dc, m, m))
+        self._Z_for: IntArray | None = None
+        self._Z: FloatArray = design.features
 
     def linear_hyperparameters(self) -> dict[str, float]:
         return {
@@ -77,20 +79,25 @@ class LinearPolicy(Policy):
             raise ValueError(
                 f"context vector must have shape ({self.design.context_dim},), got {x.shape}"
             )
-        M = self._M.copy()
-        M[self._rows, self._cols] = np.repeat(x, self.design.n_interacting)
-        return M
+        # Written in place: callers (the engine holds the task's lock) use M before the next call.
+        self._x_slots[...] = x[:, None]
+        return self._M
 
     def moments(
         self, x: FloatArray, arms: IntArray
     ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
         """(μ per arm, variance factor φᵀA⁻¹φ per arm, projected θ, projected A⁻¹)."""
         M = self.project(x)
-        mu = M.T @ self.theta
-        G = M.T @ (self.A_inv @ M)
-        Z = self.design.features[arms]
-        mean = Z @ mu + self.prior_mean
-        width = np.maximum(np.einsum("ij,jk,ik->i", Z, G, Z), 0.0)
+        Mt = M.T
+        mu = Mt @ self.theta
+        G = Mt @ (self.A_inv @ M)
+        if arms is not self._Z_for:  # the engine passes the same feasible-arm array every time
+            self._Z, self._Z_for = self.design.features[arms], arms
+        Z = self._Z
+        mean = Z @ mu
+        mean += self.prior_mean
+        width = (Z @ G * Z).sum(axis=1)
+        np.maximum(width, 0.0, out=width)
         return mean, width, mu, G
 
     def _estimate(self, x: FloatArray, arms: IntArray) -> tuple[FloatArray, FloatArray]:
