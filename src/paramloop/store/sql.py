@@ -166,13 +166,8 @@ class SQLDecisionLog(ABC):
                 )
                 if found is None:
                     raise UnknownRequestError(recorded.request_id)
-                task_type = found["task_type"]
-                if task_type != recorded.task_type:
-                    raise OutcomeError(
-                        "task_type",
-                        f"is {recorded.task_type!r} but request_id {recorded.request_id!r} "
-                        f"was logged under task type {task_type!r}",
-                    )
+                if found["task_type"] != recorded.task_type:
+                    raise task_type_mismatch(recorded, found["task_type"])
                 if found["o_seq"] is None:
                     key = conn.execute(_INSERT_OUTCOME, row).inserted_primary_key
                     if key is None:
@@ -487,6 +482,14 @@ def _outcome_from_row(row: RowMapping, prefix: str = "") -> RecordedOutcome:
 def _logged_row(row: RowMapping) -> LoggedRow:
     recorded = None if row["o_seq"] is None else _outcome_from_row(row, prefix="o_")
     return _decision_from_row(row), recorded
+
+
+def task_type_mismatch(recorded: RecordedOutcome, logged_task_type: str) -> OutcomeError:
+    return OutcomeError(
+        "task_type",
+        f"is {recorded.task_type!r} but request_id {recorded.request_id!r} "
+        f"was logged under task type {logged_task_type!r}",
+    )
 
 
 def _same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
