@@ -220,3 +220,18 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
     bad.write_text("[tasks\n")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_config(bad)
+
+
+def test_the_shipped_example_configuration_loads() -> None:
+    tasks = load_config(Path(__file__).parents[1] / "examples" / "paramloop.toml")
+    assert set(tasks) == {"summarization", "code_review"}
+    review = tasks["code_review"]
+    assert review.policy == "lints" and review.featurizer.columns[-2:] == (
+        "repository_tier=internal",
+        "repository_tier=public",
+    )
+    reasoner = [a for a in review.space.arms if a.model == "reasoner"]
+    assert reasoner and all(
+        a.temperature is None and a.max_tokens_field == "max_completion_tokens" for a in reasoner
+    )
+    assert tasks["summarization"].default_reward == 0.0

@@ -95,8 +95,12 @@ def test_bad_grids_are_refused_with_the_field(grids: dict[str, list[object]], me
 def test_baseline_must_be_in_bounds_and_an_arm() -> None:
     with pytest.raises(ConfigError, match=r"baseline\.temperature: must be within \[0, 2\]"):
         ParameterSpace(baseline=Params("m", temperature=3.0))
-    with pytest.raises(ConfigError, match="is not an arm of the space"):
+    with pytest.raises(
+        ConfigError, match=r"baseline\.model: 'm' is not in the grid space\.model = \['other'\]"
+    ):
         ParameterSpace(baseline=Params("m", temperature=0.7), grids={"model": ["other"]})
+    with pytest.raises(ConfigError, match=r"baseline\.prompt_variant: None is not in the grid"):
+        ParameterSpace(baseline=Params("m"), grids={"prompt_variant": ["concise", "detailed"]})
 
 
 @pytest.mark.parametrize(
@@ -128,9 +132,9 @@ def test_spaces_up_to_a_thousand_arms_and_no_more() -> None:
     grids: dict[str, list[float | int | str | None]] = {
         "temperature": [round(0.1 * i, 1) for i in range(10)],
         "max_tokens": [100 * (i + 1) for i in range(10)],
-        "top_p": [0.1 * (i + 1) for i in range(10)],
+        "top_p": [round(0.1 * (i + 1), 1) for i in range(10)],
     }
-    base = Params("m", temperature=0.5, max_tokens=500, top_p=0.5)
+    base = Params("m", temperature=0.5, max_tokens=500, top_p=0.5, presence_penalty=0.0)
     sp = ParameterSpace(baseline=base, grids=grids)
     assert sp.n_arms == 1_000
     with pytest.raises(ConfigError, match="more than 1000 arms"):

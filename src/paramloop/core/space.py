@@ -162,6 +162,15 @@ class ParameterSpace:
             for name in NUMERIC_DIMS + CATEGORICAL_DIMS
         }
         self.dimensions: dict[str, tuple[float | int | str | None, ...]] = values
+        rule = self.rules.get(baseline.model)
+        for name, grid in values.items():
+            value = getattr(baseline, name)
+            pinned = rule is not None and (name in rule.rejects or name in rule.fixed)
+            if not pinned and value not in grid:
+                raise ConfigError(
+                    f"baseline.{name}",
+                    f"{value!r} is not in the grid space.{name} = {list(grid)!r}",
+                )
         self.baseline = self._apply_rules(baseline)
         self.arms: tuple[Params, ...] = self._enumerate(values, max_arms)
         try:
