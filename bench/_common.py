@@ -12,7 +12,6 @@ from paramloop.core.space import TrustRegion
 from paramloop.engine import TaskConfig, task
 from paramloop.types import Params
 
-
 #: (temperature, max_tokens, top_p) grid sizes giving each benchmarked arm count.
 SHAPES = {8: (4, 2, 1), 64: (8, 8, 1), 256: (8, 8, 4), 1000: (10, 10, 10)}
 
@@ -26,12 +25,17 @@ def space_task(n_arms: int, policy: str, *, name: str = "bench", **options: obje
     n_t, n_m, n_p = SHAPES[n_arms]
     temps = [round(0.4 + 0.1 * i, 4) for i in range(n_t)]
     tokens = [256 + 64 * i for i in range(n_m)]
-    grids: dict[str, Sequence[float | int | str | None]] = {"temperature": temps, "max_tokens": tokens}
+    grids: dict[str, Sequence[float | int | str | None]] = {
+        "temperature": temps,
+        "max_tokens": tokens,
+    }
     top_p = None
     if n_p > 1:
         grids["top_p"] = [round(1.0 - 0.05 * i, 4) for i in range(n_p)]
         top_p = 1.0
-    baseline = Params("gpt-small", temperature=temps[n_t // 2], max_tokens=tokens[n_m // 2], top_p=top_p)
+    baseline = Params(
+        "gpt-small", temperature=temps[n_t // 2], max_tokens=tokens[n_m // 2], top_p=top_p
+    )
     config = task(
         name,
         baseline=baseline,
@@ -43,7 +47,9 @@ def space_task(n_arms: int, policy: str, *, name: str = "bench", **options: obje
     )
     feasible = len(config.space.feasible_arms)
     if feasible != n_arms or config.featurizer.dim != 16:
-        raise RuntimeError(f"wanted {n_arms} arms x 16 features, built {feasible} x {config.featurizer.dim}")
+        raise RuntimeError(
+            f"wanted {n_arms} arms x 16 features, built {feasible} x {config.featurizer.dim}"
+        )
     return config
 
 

@@ -17,12 +17,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import CONTEXT, markdown_table, space_task  # noqa: E402
-
-from paramloop.core.policies import POLICIES  # noqa: E402
-from paramloop.engine import Optimizer  # noqa: E402
-from paramloop.types import Outcome  # noqa: E402
+from _common import CONTEXT, markdown_table, space_task
+from paramloop.core.policies import POLICIES
+from paramloop.engine import Optimizer
+from paramloop.types import Outcome
 
 CHILD = """
 import resource, sys

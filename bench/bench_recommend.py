@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import CONTEXT, SHAPES, markdown_table, space_task, time_calls  # noqa: E402
-
-from paramloop.core.policies import POLICIES, decide  # noqa: E402
-from paramloop.engine import Optimizer  # noqa: E402
-from paramloop.types import Outcome  # noqa: E402
+from _common import CONTEXT, SHAPES, markdown_table, space_task, time_calls
+from paramloop.core.policies import POLICIES, decide
+from paramloop.engine import Optimizer
+from paramloop.types import Outcome
 
 
 def bench_paramloop(policy: str, n_arms: int, calls: int) -> dict[str, Any]:
@@ -40,7 +37,9 @@ def bench_paramloop(policy: str, n_arms: int, calls: int) -> dict[str, Any]:
     policy_obj = optimizer.policy("bench")
     _, x, _ = config.featurizer.featurize(CONTEXT)
     arms = config.space.feasible_arms
-    core = time_calls(lambda i: decide(policy_obj, x, arms, i * 2654435761, config.effective_exploration), calls)
+    core = time_calls(
+        lambda i: decide(policy_obj, x, arms, i * 2654435761, config.effective_exploration), calls
+    )
     return {
         "learner": f"paramloop {policy}",
         "arms": n_arms,
@@ -127,7 +126,14 @@ def table(results: list[dict[str, Any]]) -> str:
         ]
         for r in results
     ]
-    header = ["learner", "arms", "recommend p50 µs", "recommend p99 µs", "decide p50 µs", "decide p99 µs"]
+    header = [
+        "learner",
+        "arms",
+        "recommend p50 µs",
+        "recommend p99 µs",
+        "decide p50 µs",
+        "decide p99 µs",
+    ]
     return markdown_table(header, rows)
 
 

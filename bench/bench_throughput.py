@@ -13,21 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import CONTEXT, markdown_table, space_task  # noqa: E402
+from _common import CONTEXT, markdown_table, space_task
+from paramloop.engine import Optimizer
+from paramloop.store import SQLiteDecisionLog
+from paramloop.store.base import DecisionLog
+from paramloop.types import Outcome
 
-from paramloop.engine import Optimizer  # noqa: E402
-from paramloop.store import SQLiteDecisionLog  # noqa: E402
-from paramloop.store.base import DecisionLog  # noqa: E402
-from paramloop.types import Outcome  # noqa: E402
-
-OUTCOME = Outcome(quality=0.8, latency_ms=900.0, prompt_tokens=1_800, completion_tokens=240, cost=0.0021)
+OUTCOME = Outcome(
+    quality=0.8, latency_ms=900.0, prompt_tokens=1_800, completion_tokens=240, cost=0.0021
+)
 
 
 def rounds_per_second(store: DecisionLog | None, rounds: int, arms: int, policy: str) -> float:
@@ -56,12 +55,27 @@ def main() -> None:
         setups: list[tuple[str, DecisionLog | None, int]] = [
             ("in memory", None, args.rounds),
             ("SQLite file, durability=process", SQLiteDecisionLog(Path(tmp) / "p.db"), args.rounds),
-            ("SQLite file, durability=power (fsync)", SQLiteDecisionLog(Path(tmp) / "f.db", durability="power"), args.rounds // 4),
+            (
+                "SQLite file, durability=power (fsync)",
+                SQLiteDecisionLog(Path(tmp) / "f.db", durability="power"),
+                args.rounds // 4,
+            ),
         ]
         for label, store, rounds in setups:
             rate = rounds_per_second(store, rounds, args.arms, args.policy)
-            results.append({"store": label, "rounds": rounds, "arms": args.arms, "policy": args.policy, "rounds_per_s": rate})
-            print(f"{label:<40} {rate:10,.0f} rounds/s ({rounds} rounds, {args.arms} arms, {args.policy})", flush=True)
+            results.append(
+                {
+                    "store": label,
+                    "rounds": rounds,
+                    "arms": args.arms,
+                    "policy": args.policy,
+                    "rounds_per_s": rate,
+                }
+            )
+            print(
+                f"{label:<40} {rate:10,.0f} rounds/s ({rounds} rounds, {args.arms} arms, {args.policy})",
+                flush=True,
+            )
     print()
     print(table(results))
     if args.json:
@@ -69,7 +83,10 @@ def main() -> None:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    rows = [[r["store"], r["policy"], r["arms"], r["rounds"], f"{r['rounds_per_s']:,.0f}"] for r in results]
+    rows = [
+        [r["store"], r["policy"], r["arms"], r["rounds"], f"{r['rounds_per_s']:,.0f}"]
+        for r in results
+    ]
     return markdown_table(["store", "policy", "arms", "rounds", "decide+learn rounds/s"], rows)
 
 

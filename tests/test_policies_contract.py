@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from paramloop.core.policies import POLICIES, ArmDesign, Policy, decide, make_policy, restore_policy
+from paramloop.core.policies import (
+    POLICIES,
+    ArmDesign,
+    LinUCB,
+    Policy,
+    decide,
+    make_policy,
+    restore_policy,
+)
 from paramloop.core.policies.base import confidence
 from paramloop.errors import ConfigError, OutcomeError, SnapshotError
 
@@ -191,6 +199,7 @@ def test_unknown_policy_and_bad_hyperparameters() -> None:
 def test_linear_update_matches_batch_ridge_solution() -> None:
     """Sherman–Morrison + RLS updates equal the closed-form ridge solution."""
     policy = make_policy("linucb", design())
+    assert isinstance(policy, LinUCB)
     rng = np.random.default_rng(9)
     rows, rewards = [], []
     for _ in range(300):
@@ -198,12 +207,12 @@ def test_linear_update_matches_batch_ridge_solution() -> None:
         arm = int(rng.integers(12))
         reward = float(rng.random())
         policy.update(x, arm, reward)
-        rows.append(policy.project(x) @ policy.design.features[arm])  # type: ignore[attr-defined]
+        rows.append(policy.project(x) @ policy.design.features[arm])
         rewards.append(reward)
     X, y = np.array(rows), np.array(rewards)
-    prior = np.diag(policy.prior_precision)  # type: ignore[attr-defined]
-    theta = np.linalg.solve(X.T @ X + prior, X.T @ (y - policy.prior_mean))  # type: ignore[attr-defined]
-    np.testing.assert_allclose(policy.theta, theta, atol=1e-9)  # type: ignore[attr-defined]
+    prior = np.diag(policy.prior_precision)
+    theta = np.linalg.solve(X.T @ X + prior, X.T @ (y - policy.prior_mean))
+    np.testing.assert_allclose(policy.theta, theta, atol=1e-9)
 
 
 def test_confidence_is_a_probability_of_beating_the_rival() -> None:
