@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
+from paramloop.core.policies.base import FloatArray
 from paramloop.engine.config import TaskConfig
 from paramloop.errors import (
     DuplicateRequestError,
@@ -96,7 +97,9 @@ class Optimizer:
         self.clock = clock
         self.stats = LoopStats()
         self._tasks = {config.name: _TaskState(config, config.new_policy()) for config in configs}
-        self._recent: OrderedDict[str, Decision] = OrderedDict()
+        # Recent decisions with their context vectors, so an outcome needs no store read
+        # and no re-encoding of its context.
+        self._recent: OrderedDict[str, tuple[Decision, FloatArray]] = OrderedDict()
         self._recent_lock = threading.Lock()
         if restore:
             for state in self._tasks.values():
@@ -172,7 +175,7 @@ class Optimizer:
             raise
         except Exception as exc:
             return self._fallback(config, request_id, features, fp, now, seed, exc)
-        self._remember(decision)
+        self._remember(decision, x)
         self.stats.decisions += 1
         return decision
 
@@ -270,23 +273,28 @@ class Optimizer:
     def _decision(self, request_id: str) -> Decision:
         if not isinstance(request_id, str) or not request_id:
             raise InputError("request_id", "must be a non-empty string")
-        decision = self._recent.get(request_id)
-        if decision is None:
-            decision = self.store.get_decision(request_id)
+        cached = self._recent.get(request_id)
+        decision = cached[0] if cached is not None else self.store.get_decision(request_id)
         if decision is None:
             raise UnknownRequestError(request_id)
         return decision
 
-    def _remember(self, decision: Decision) -> None:
+    def _remember(self, decision: Decision, x: FloatArray) -> None:
         with self._recent_lock:
-            self._recent[decision.request_id] = decision
+            self._recent[decision.request_id] = (decision, x)
             if len(self._recent) > _CACHE_SIZE:
                 self._recent.popitem(last=False)
+
+    def _vector(self, config: TaskConfig, decision: Decision) -> FloatArray:
+        cached = self._recent.get(decision.request_id)
+        if cached is not None and cached[0] is decision:
+            return cached[1]
+        return config.featurizer.transform(decision.context)
 
     def _learn(
         self, state: _TaskState, decision: Decision, recorded: RecordedOutcome
     ) -> RecordedOutcome:
-        x = state.config.featurizer.transform(decision.context)
+        x = self._vector(state.config, decision)
         # Store and update under the task's lock so outcome sequence order is update order,
         # which makes "replay everything after the snapshot's last seq" exact.
         with state.lock:
