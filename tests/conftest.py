@@ -1,5 +1,10 @@
 """Store fixtures: every store test runs once per backend, each on its own database.
 
+``store`` is any :class:`DecisionLog`: the in-memory one, SQLite and PostgreSQL.
+What only a database has (reopening it, its migrations, its schema) is tested
+through ``durable_store_spec``, ``open_store_at`` and ``durable_store``, which
+cover SQLite and PostgreSQL only.
+
 SQLite gets a file in the test's temporary directory.  PostgreSQL gets a fresh
 schema in the server at ``PARAMLOOP_TEST_POSTGRES_URL`` (default
 ``postgresql+psycopg://root@127.0.0.1:5432/test``), dropped afterwards.  When
@@ -21,6 +26,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
 from paramloop.store.base import DecisionLog
+from paramloop.store.memory import MemoryDecisionLog
 from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
 from paramloop.store.sqlite import SQLiteDecisionLog
 
@@ -74,21 +80,35 @@ def postgres_schema(postgres_engine: Engine) -> Iterator[str]:
         conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
-    if request.param == "sqlite":
+DURABLE_BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+def durable_spec(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    """A database for this test only: a file in ``tmp_path``, or a fresh PostgreSQL schema."""
+    if backend == "sqlite":
         return ("sqlite", str(tmp_path / "decisions.db"), None)
     schema: str = request.getfixturevalue("postgres_schema")
     return ("postgres", postgres_url(), schema)
 
 
+@pytest.fixture(params=DURABLE_BACKENDS)
+def durable_store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> StoreSpec:
+    return durable_spec(request.param, request, tmp_path)
+
+
 @pytest.fixture
-def open_store_at(store_spec: StoreSpec) -> Iterator[Callable[[], DecisionLog]]:
+def store_spec(durable_store_spec: StoreSpec) -> StoreSpec:
+    """The name ``tests/test_store_crash.py`` uses for ``durable_store_spec``."""
+    return durable_store_spec
+
+
+@pytest.fixture
+def open_store_at(durable_store_spec: StoreSpec) -> Iterator[Callable[[], DecisionLog]]:
     """Open (or reopen) a store on the test's database; every store opened is closed afterwards."""
     opened: list[DecisionLog] = []
 
     def open_() -> DecisionLog:
-        store = open_spec(store_spec)
+        store = open_spec(durable_store_spec)
         opened.append(store)
         return store
 
@@ -98,5 +118,18 @@ def open_store_at(store_spec: StoreSpec) -> Iterator[Callable[[], DecisionLog]]:
 
 
 @pytest.fixture
-def store(open_store_at: Callable[[], DecisionLog]) -> DecisionLog:
+def durable_store(open_store_at: Callable[[], DecisionLog]) -> DecisionLog:
+    """A SQLite or PostgreSQL store (see ``open_store_at`` to reopen its database)."""
     return open_store_at()
+
+
+@pytest.fixture(params=["memory", *DURABLE_BACKENDS])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionLog]:
+    """Every DecisionLog implementation, each on a database of its own."""
+    store: DecisionLog
+    if request.param == "memory":
+        store = MemoryDecisionLog()
+    else:
+        store = open_spec(durable_spec(request.param, request, tmp_path))
+    yield store
+    store.close()

@@ -115,7 +115,9 @@ def test_bad_inputs_have_specific_errors_and_change_nothing(
         FeatureError, match="'risk_tier': must be one of low, medium, high; got 'extreme'"
     ):
         opt.recommend("summarize", {"risk_tier": "extreme"})
-    with pytest.raises(FeatureError, match="'colour': is not declared; declared features: risk_tier"):
+    with pytest.raises(
+        FeatureError, match="'colour': is not declared; declared features: risk_tier"
+    ):
         opt.recommend("summarize", {"colour": "blue"})
     with pytest.raises(FeatureError, match="'has_external_deps': must be true or false"):
         opt.recommend("summarize", {"has_external_deps": 1})

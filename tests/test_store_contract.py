@@ -1,6 +1,8 @@
 """Contract suite: every DecisionLog implementation obeys the same rules.
 
-Each test runs against SQLite and PostgreSQL (see ``conftest.py``).  The
+Each test of the ``store`` fixture runs against the in-memory store, SQLite
+and PostgreSQL (see ``conftest.py``).  What only a database has (values it
+cannot hold, reopening, migrations) runs against SQLite and PostgreSQL.  The
 backend-specific tests at the end cover what only one backend has: SQLite's
 journal and in-memory mode, PostgreSQL's URL handling.
 """
@@ -112,8 +114,8 @@ def raw_engine(spec: StoreSpec) -> Engine:
 
 
 @pytest.fixture
-def engine(store_spec: StoreSpec) -> Iterator[Engine]:
-    engine = raw_engine(store_spec)
+def engine(durable_store_spec: StoreSpec) -> Iterator[Engine]:
+    engine = raw_engine(durable_store_spec)
     yield engine
     engine.dispose()
 
@@ -166,8 +168,8 @@ def test_outcome_reads_back_equal(store: DecisionLog) -> None:
 
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
-# Text columns hold UTF-8 without NUL; the store refuses anything else (see
-# test_unstorable_values_are_refused_on_every_backend).  JSON columns hold any str.
+# Text columns hold UTF-8 without NUL; the SQL stores refuse anything else (see
+# test_unstorable_values_are_refused_by_every_database).  JSON columns hold any str.
 plain_text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=20)
 any_text = st.text(st.characters(), max_size=10)  # NUL and lone surrogates included
 feature_values = st.one_of(
@@ -266,8 +268,10 @@ def test_any_decision_and_outcome_round_trip_exactly(
     assert store.attach_outcome(recorded) == (stored, False)
 
 
-def test_unstorable_values_are_refused_on_every_backend(store: DecisionLog) -> None:
-    # Each would read back different (or be refused) on one of the backends.
+def test_unstorable_values_are_refused_by_every_database(durable_store: DecisionLog) -> None:
+    # Each would read back different (or be refused) on one of the databases.
+    # The in-memory store keeps objects as they are, so it has nothing to refuse.
+    store = durable_store
     for bad in (
         make_decision(propensity=math.nan),
         make_decision(timestamp=math.nan),
@@ -407,6 +411,9 @@ def test_pending_decisions_are_the_oldest_without_outcome(store: DecisionLog) ->
     # ``before`` is strict: p-3 was logged at exactly T0 + 7.
     assert store.pending_decisions("summarize", before=T0 + 7, limit=100) == waiting[:3]
     assert store.pending_decisions("summarize", before=T0, limit=100) == []
+    assert store.pending_decisions("summarize", before=math.inf, limit=0) == []
+    with pytest.raises(ConfigError, match="limit"):
+        store.pending_decisions("summarize", before=math.inf, limit=-1)
 
 
 def test_iter_logged_streams_the_window_in_chunks(store: DecisionLog) -> None:
@@ -432,6 +439,20 @@ def test_iter_logged_streams_the_window_in_chunks(store: DecisionLog) -> None:
     assert list(store.iter_logged("unknown_task")) == []
     with pytest.raises(ConfigError, match="chunk_size"):
         store.iter_logged("summarize", chunk_size=0)
+
+
+def test_iter_logged_reads_each_chunk_when_asked_for(store: DecisionLog) -> None:
+    store.append_decisions([make_decision(f"l-{i}", timestamp=T0 + i) for i in range(4)])
+    chunks = store.iter_logged("summarize", chunk_size=2)
+    assert [d.request_id for d, _ in next(chunks)] == ["l-0", "l-1"]
+    # Logged after the first chunk was read: included when it sorts later, not otherwise.
+    store.append_decision(make_decision("late", timestamp=T0 + 2.5))
+    store.append_decision(make_decision("early", timestamp=T0 - 1))
+    assert [d.request_id for d, _ in next(chunks)] == ["l-2", "late"]
+
+    store.close()
+    with pytest.raises(StoreError, match="closed"):
+        next(chunks)
 
 
 def test_count_decisions(store: DecisionLog) -> None:
@@ -509,7 +530,7 @@ def test_reopening_keeps_data_and_does_not_migrate_again(
 
 
 def test_migrations_create_exactly_the_schema_the_queries_use(
-    store: DecisionLog, engine: Engine
+    durable_store: DecisionLog, engine: Engine
 ) -> None:
     assert ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head() == HEAD
     with engine.connect() as conn:

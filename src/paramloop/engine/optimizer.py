@@ -20,6 +20,7 @@ from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
 from paramloop.core.policies.base import FloatArray
 from paramloop.engine.config import TaskConfig
 from paramloop.errors import (
+    ConflictingOutcomeError,
     DuplicateRequestError,
     InputError,
     LateOutcomeError,
@@ -58,7 +59,11 @@ class _TaskState:
     config: TaskConfig
     policy: Policy
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Every outcome with seq <= this watermark is in the policy.
     last_outcome_seq: int = 0
+    #: Outcomes above the watermark this optimizer recorded (and learned) itself;
+    #: other replicas' outcomes in between are learned when the watermark catches up.
+    own_seqs: set[int] = field(default_factory=set)
     updates_since_snapshot: int = 0
 
 
@@ -209,7 +214,7 @@ class Optimizer:
             if existing is not None and existing.outcome == outcome:
                 return existing
             raise LateOutcomeError(request_id, waited, config.reward_wait_s)
-        return self._learn(state, decision, recorded)
+        return self._learn(state, decision, recorded)[0]
 
     def expire(self, now: float | None = None, *, limit: int = 10_000) -> int:
         """Give the default reward to decisions whose wait window closed without an outcome.
@@ -235,8 +240,11 @@ class Optimizer:
                     source="default",
                     timestamp=now,
                 )
-                self._learn(state, decision, recorded)
-                count += 1
+                try:
+                    _, new = self._learn(state, decision, recorded)
+                except ConflictingOutcomeError:
+                    continue  # the real outcome arrived meanwhile (another thread or replica): it wins
+                count += new
         self.stats.default_rewards += count
         return count
 
@@ -293,7 +301,7 @@ class Optimizer:
 
     def _learn(
         self, state: _TaskState, decision: Decision, recorded: RecordedOutcome
-    ) -> RecordedOutcome:
+    ) -> tuple[RecordedOutcome, bool]:
         x = self._vector(state.config, decision)
         # Store and update under the task's lock so outcome sequence order is update order,
         # which makes "replay everything after the snapshot's last seq" exact.
@@ -301,20 +309,21 @@ class Optimizer:
             stored, new = self.store.attach_outcome(recorded)
             if not new:
                 self.stats.duplicate_outcomes += 1
-                return stored
+                return stored, False
             if decision.applied:
                 state.policy.update(x, decision.arm, stored.reward)
-            state.last_outcome_seq = max(state.last_outcome_seq, stored.seq)
+            state.own_seqs.add(stored.seq)
             state.updates_since_snapshot += 1
             if state.updates_since_snapshot >= state.config.snapshot_every:
                 self._snapshot(state)
         self.stats.outcomes += 1
-        return stored
+        return stored, True
 
     def _snapshot(self, state: _TaskState) -> None:
         if state.updates_since_snapshot == 0 and state.policy.revision == 0:
             return
         try:
+            self._catch_up(state)
             self.store.save_snapshot(
                 PolicySnapshot(
                     task_type=state.config.name,
@@ -334,7 +343,17 @@ class Optimizer:
         snapshot = self.store.latest_snapshot(config.name)
         if snapshot is not None:
             try:
-                state.policy = restore_policy(snapshot.state, config.design)
+                restored = restore_policy(snapshot.state, config.design)
+                fresh = state.policy
+                if (restored.label, restored.hyperparameters()) != (
+                    fresh.label,
+                    fresh.hyperparameters(),
+                ):
+                    raise SnapshotError(
+                        f"the snapshot is {restored.label} {restored.hyperparameters()}, the configuration "
+                        f"asks for {fresh.label} {fresh.hyperparameters()}"
+                    )
+                state.policy = restored
                 state.last_outcome_seq = snapshot.last_outcome_seq
             except SnapshotError as exc:
                 log.warning(
@@ -342,19 +361,30 @@ class Optimizer:
                 )
                 state.policy = config.new_policy()
                 state.last_outcome_seq = 0
-        replayed = 0
+        self.stats.replayed[config.name] = self._catch_up(state)
+
+    def _catch_up(self, state: _TaskState) -> int:
+        """Advance the watermark over the log, learning every outcome not learned yet.
+
+        Outcomes this optimizer recorded itself were learned when recorded; any
+        other (another replica's, or every one after a restart) is learned now.
+        Returns how many outcomes were learned.
+        """
+        config = state.config
+        learned = 0
         while True:
             rows = self.store.outcomes_since(config.name, state.last_outcome_seq, _REPLAY_CHUNK)
             if not rows:
                 break
             for decision, recorded in rows:
-                if decision.applied:
-                    state.policy.update(
-                        config.featurizer.transform(decision.context), decision.arm, recorded.reward
-                    )
+                if recorded.seq in state.own_seqs:
+                    state.own_seqs.discard(recorded.seq)
+                elif decision.applied:
+                    x = config.featurizer.transform(decision.context)
+                    state.policy.update(x, decision.arm, recorded.reward)
+                    learned += 1
                 state.last_outcome_seq = recorded.seq
-                replayed += 1
-        self.stats.replayed[config.name] = replayed
+        return learned
 
     def _fallback(
         self,

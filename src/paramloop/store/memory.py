@@ -1,101 +1,143 @@
 """An in-memory decision log: the same contract as the SQL stores, nothing durable.
 
 For tests, benchmarks of the bare loop, and library users who log elsewhere.
+It passes the contract suite in ``tests/test_store_contract.py`` except what
+only a database has (reopening, migrations) and the refusal of values a
+database cannot hold exactly (a NaN, a NUL character, an integer outside 64
+bits): objects are kept as they are, so every value reads back equal.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
 from paramloop.errors import (
+    ConfigError,
     ConflictingOutcomeError,
     DuplicateRequestError,
+    OutcomeError,
     StoreError,
     UnknownRequestError,
 )
 from paramloop.store.base import LoggedRow, OutcomeRow
 from paramloop.types import Decision, PolicySnapshot, RecordedOutcome
 
+# The values of ``outcomes.source`` (``paramloop.store.schema.OUTCOME_SOURCES``),
+# repeated here because the schema module imports SQLAlchemy and the engine
+# imports this one; the contract suite holds both to the same rule.
+_OUTCOME_SOURCES = ("observed", "default")
+
+#: A decision's position in "oldest first" order: (timestamp, insertion index).
+_Key = tuple[float, int]
+
 
 class MemoryDecisionLog:
-    """Dict-backed :class:`~paramloop.store.base.DecisionLog` (thread-safe, not durable)."""
+    """List-backed :class:`~paramloop.store.base.DecisionLog` (thread-safe, not durable).
+
+    One lock guards every call, reads included: a reader never sees a
+    half-applied write, and the SQL stores' orderings hold (insertion order
+    stands in for their autoincrement ids).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._log: list[Decision] = []  # insertion order; the index is the row's id
         self._decisions: dict[str, Decision] = {}
         self._outcomes: dict[str, RecordedOutcome] = {}
-        self._by_seq: list[RecordedOutcome] = []
+        self._by_seq: list[RecordedOutcome] = []  # seq n is at index n - 1
         self._snapshots: dict[str, PolicySnapshot] = {}
         self._closed = False
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StoreError("the in-memory store is closed")
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
 
     def append_decision(self, decision: Decision) -> None:
         with self._lock:
-            self._check_open()
+            self._check_open("append_decision")
             if decision.request_id in self._decisions:
                 raise DuplicateRequestError(decision.request_id)
-            self._decisions[decision.request_id] = decision
+            self._add(decision)
 
     def append_decisions(self, decisions: list[Decision]) -> None:
         with self._lock:
-            self._check_open()
+            self._check_open("append_decisions")
+            # Repeats inside the batch are reported before clashes with the log, as in SQL.
             seen: set[str] = set()
             for decision in decisions:
-                if decision.request_id in self._decisions or decision.request_id in seen:
+                if decision.request_id in seen:
                     raise DuplicateRequestError(decision.request_id)
                 seen.add(decision.request_id)
             for decision in decisions:
-                self._decisions[decision.request_id] = decision
+                if decision.request_id in self._decisions:
+                    raise DuplicateRequestError(decision.request_id)
+            for decision in decisions:
+                self._add(decision)
 
     def get_decision(self, request_id: str) -> Decision | None:
-        self._check_open()
-        return self._decisions.get(request_id)
+        with self._lock:
+            self._check_open("get_decision")
+            return self._decisions.get(request_id)
 
     def attach_outcome(self, recorded: RecordedOutcome) -> tuple[RecordedOutcome, bool]:
+        if recorded.source not in _OUTCOME_SOURCES:
+            raise OutcomeError(
+                "source", f"must be one of {', '.join(_OUTCOME_SOURCES)}, got {recorded.source!r}"
+            )
         with self._lock:
-            self._check_open()
-            if recorded.request_id not in self._decisions:
+            self._check_open("attach_outcome")
+            decision = self._decisions.get(recorded.request_id)
+            if decision is None:
                 raise UnknownRequestError(recorded.request_id)
+            if decision.task_type != recorded.task_type:
+                raise OutcomeError(
+                    "task_type",
+                    f"is {recorded.task_type!r} but request_id {recorded.request_id!r} "
+                    f"was logged under task type {decision.task_type!r}",
+                )
             existing = self._outcomes.get(recorded.request_id)
-            if existing is not None:
-                if _same(existing, recorded):
-                    return existing, False
-                raise ConflictingOutcomeError(recorded.request_id)
-            stored = replace(recorded, seq=len(self._by_seq) + 1)
-            self._outcomes[recorded.request_id] = stored
-            self._by_seq.append(stored)
-            return stored, True
+            if existing is None:
+                stored = replace(recorded, seq=len(self._by_seq) + 1)
+                self._outcomes[recorded.request_id] = stored
+                self._by_seq.append(stored)
+                return stored, True
+        if _same_outcome(existing, recorded):
+            return existing, False
+        raise ConflictingOutcomeError(recorded.request_id)
 
     def get_outcome(self, request_id: str) -> RecordedOutcome | None:
-        self._check_open()
-        return self._outcomes.get(request_id)
+        with self._lock:
+            self._check_open("get_outcome")
+            return self._outcomes.get(request_id)
 
     def outcomes_since(self, task_type: str, after_seq: int, limit: int) -> list[OutcomeRow]:
-        self._check_open()
-        rows: list[OutcomeRow] = []
-        for recorded in self._by_seq[max(after_seq, 0) :]:
-            if recorded.task_type == task_type:
-                rows.append((self._decisions[recorded.request_id], recorded))
+        _check_limit("limit", limit, minimum=0)
+        with self._lock:
+            self._check_open("outcomes_since")
+            rows: list[OutcomeRow] = []
+            for recorded in self._by_seq[max(after_seq, 0) :]:
                 if len(rows) >= limit:
                     break
-        return rows
+                if recorded.task_type == task_type:
+                    rows.append((self._decisions[recorded.request_id], recorded))
+            return rows
 
     def pending_decisions(self, task_type: str, before: float, limit: int) -> list[Decision]:
-        self._check_open()
-        pending = [
-            d
-            for d in self._decisions.values()
-            if d.task_type == task_type
-            and d.timestamp < before
-            and d.request_id not in self._outcomes
-        ]
-        pending.sort(key=lambda d: d.timestamp)
-        return pending[:limit]
+        _check_limit("limit", limit, minimum=0)
+        with self._lock:
+            self._check_open("pending_decisions")
+            pending = (
+                ((d.timestamp, i), d)
+                for i, d in enumerate(self._log)
+                if d.task_type == task_type
+                and d.timestamp < before
+                and d.request_id not in self._outcomes
+            )
+            return [d for _, d in heapq.nsmallest(limit, pending, key=_key_of)]
 
     def iter_logged(
         self,
@@ -104,43 +146,91 @@ class MemoryDecisionLog:
         end: float | None = None,
         chunk_size: int = 10_000,
     ) -> Iterator[list[LoggedRow]]:
-        self._check_open()
-        rows = [
-            (d, self._outcomes.get(d.request_id))
-            for d in self._decisions.values()
-            if d.task_type == task_type
-            and (start is None or d.timestamp >= start)
-            and (end is None or d.timestamp < end)
-        ]
-        for i in range(0, len(rows), chunk_size):
-            yield rows[i : i + chunk_size]
+        """Stream decisions of a task type in ``[start, end)``, oldest first, in chunks.
+
+        As in the SQL stores: arguments and the open state are checked when
+        called, each chunk is read when it is asked for (from after the last
+        row of the previous one, so rows logged meanwhile are included if they
+        sort later), and a store closed in between refuses the next chunk.
+        """
+        self._check_open("iter_logged")
+        _check_limit("chunk_size", chunk_size, minimum=1)
+        return self._iter_chunks(task_type, start, end, chunk_size)
 
     def count_decisions(self, task_type: str | None = None) -> int:
-        self._check_open()
-        if task_type is None:
-            return len(self._decisions)
-        return sum(1 for d in self._decisions.values() if d.task_type == task_type)
+        with self._lock:
+            self._check_open("count_decisions")
+            if task_type is None:
+                return len(self._log)
+            return sum(1 for d in self._log if d.task_type == task_type)
 
     def save_snapshot(self, snapshot: PolicySnapshot) -> None:
         with self._lock:
-            self._check_open()
+            self._check_open("save_snapshot")
+            # Only the latest is ever read, so the history is not kept.
             self._snapshots[snapshot.task_type] = snapshot
 
     def latest_snapshot(self, task_type: str) -> PolicySnapshot | None:
-        self._check_open()
-        return self._snapshots.get(task_type)
+        with self._lock:
+            self._check_open("latest_snapshot")
+            return self._snapshots.get(task_type)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _add(self, decision: Decision) -> None:
+        self._log.append(decision)
+        self._decisions[decision.request_id] = decision
+
+    def _iter_chunks(
+        self, task_type: str, start: float | None, end: float | None, chunk_size: int
+    ) -> Iterator[list[LoggedRow]]:
+        after: _Key | None = None
+        while True:
+            with self._lock:
+                self._check_open("iter_logged")
+                window = (
+                    ((d.timestamp, i), d)
+                    for i, d in enumerate(self._log)
+                    if d.task_type == task_type
+                    and (start is None or d.timestamp >= start)
+                    and (end is None or d.timestamp < end)
+                    and (after is None or (d.timestamp, i) > after)
+                )
+                chunk = heapq.nsmallest(chunk_size, window, key=_key_of)
+                rows: list[LoggedRow] = [(d, self._outcomes.get(d.request_id)) for _, d in chunk]
+            if not rows:
+                return
+            yield rows
+            after = chunk[-1][0]
+            if len(rows) < chunk_size:
+                return
+
+    def _check_open(self, operation: str) -> None:
+        if self._closed:
+            raise StoreError(f"{operation}: the in-memory store is closed")
 
 
-def _same(a: RecordedOutcome, b: RecordedOutcome) -> bool:
-    return (a.outcome, a.reward, a.reward_version, a.source) == (
-        b.outcome,
-        b.reward,
-        b.reward_version,
-        b.source,
+def _key_of(item: tuple[_Key, Decision]) -> _Key:
+    return item[0]
+
+
+def _same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
+    # The timestamp and seq say when it was stored, not what was recorded.
+    return (
+        stored.outcome == new.outcome
+        and stored.reward == new.reward
+        and stored.reward_version == new.reward_version
+        and stored.source == new.source
     )
+
+
+def _check_limit(field: str, value: int, *, minimum: int) -> None:
+    if value < minimum:
+        raise ConfigError(field, f"must be >= {minimum}, got {value!r}")
 
 
 __all__ = ["MemoryDecisionLog"]
