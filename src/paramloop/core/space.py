@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -226,16 +226,7 @@ class ParameterSpace:
     def _apply_rules(self, params: Params) -> Params:
         rule = self.rules.get(params.model)
         if rule is None:
-            return Params(
-                model=params.model,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                max_tokens=params.max_tokens,
-                frequency_penalty=params.frequency_penalty,
-                presence_penalty=params.presence_penalty,
-                prompt_variant=params.prompt_variant,
-                stop=self.stop,
-            )
+            return replace(params, stop=self.stop, seed=None, max_tokens_field="max_tokens")
         fields: dict[str, float | int | None] = {}
         for name in NUMERIC_DIMS:
             value = getattr(params, name)
@@ -366,34 +357,11 @@ class ParameterSpace:
     def params(self, arm: int, *, seed: int | None = None) -> Params:
         """The concrete parameters of ``arm`` (with the request's seed carried through)."""
         params = self.arms[arm]
-        if seed is None:
-            return params
-        return Params(
-            model=params.model,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            prompt_variant=params.prompt_variant,
-            stop=params.stop,
-            seed=seed,
-            max_tokens_field=params.max_tokens_field,
-        )
+        return params if seed is None else replace(params, seed=seed)
 
     def satisfies(self, params: Params) -> bool:
         """Whether ``params`` is a feasible arm: bounds, model rules and trust region."""
-        stripped = Params(
-            model=params.model,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            max_tokens=params.max_tokens,
-            frequency_penalty=params.frequency_penalty,
-            presence_penalty=params.presence_penalty,
-            prompt_variant=params.prompt_variant,
-            stop=params.stop,
-            max_tokens_field=params.max_tokens_field,
-        )
+        stripped = replace(params, seed=None)
         try:
             index = self.arms.index(stripped)
         except ValueError:

@@ -323,6 +323,19 @@ def monte_carlo_best(samples: FloatArray) -> FloatArray:
     return share
 
 
+#: Bounds of the Monte Carlo draw count of Thompson-style policies.
+MAX_DRAWS = 100_000
+
+
+def check_draws(policy: str, draws: object) -> int:
+    """Validate a Monte Carlo draw count, naming the policy in the error."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= MAX_DRAWS:
+        raise ConfigError(
+            f"policy.{policy}.draws", f"must be an integer in [1, {MAX_DRAWS}], got {draws!r}"
+        )
+    return draws
+
+
 def check_positive(policy: str, name: str, value: object, *, allow_zero: bool = False) -> float:
     """Validate a hyperparameter, naming it in the error."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):

@@ -18,12 +18,12 @@ from paramloop.core.policies.base import (
     ArmDesign,
     FloatArray,
     IntArray,
+    check_draws,
     check_positive,
     monte_carlo_best,
     register,
 )
 from paramloop.core.policies.linear import LinearPolicy
-from paramloop.errors import ConfigError
 
 
 @register
@@ -52,11 +52,7 @@ class LinTS(LinearPolicy):
             prior_mean=prior_mean,
             interaction_ridge=interaction_ridge,
         )
-        if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 100_000:
-            raise ConfigError(
-                "policy.lints.draws", f"must be an integer in [1, 100000], got {draws!r}"
-            )
-        self.draws = draws
+        self.draws = check_draws(self.name, draws)
         self.inflation = check_positive(self.name, "inflation", inflation)
 
     def _distribution(

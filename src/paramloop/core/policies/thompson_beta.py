@@ -17,12 +17,12 @@ from paramloop.core.policies.base import (
     FloatArray,
     IntArray,
     Policy,
+    check_draws,
     check_positive,
     monte_carlo_best,
     register,
 )
 from paramloop.core.policies.thompson_gaussian import _load_arrays
-from paramloop.errors import ConfigError
 
 
 @register
@@ -42,11 +42,7 @@ class ThompsonBeta(Policy):
         prior_beta: float = 1.0,
     ) -> None:
         super().__init__(design)
-        if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 100_000:
-            raise ConfigError(
-                "policy.thompson_beta.draws", f"must be an integer in [1, 100000], got {draws!r}"
-            )
-        self.draws = draws
+        self.draws = check_draws(self.name, draws)
         self.prior_alpha = check_positive(self.name, "prior_alpha", prior_alpha)
         self.prior_beta = check_positive(self.name, "prior_beta", prior_beta)
         self.successes = np.zeros(design.n_arms)

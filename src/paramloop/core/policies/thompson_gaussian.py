@@ -18,11 +18,12 @@ from paramloop.core.policies.base import (
     FloatArray,
     IntArray,
     Policy,
+    check_draws,
     check_positive,
     monte_carlo_best,
     register,
 )
-from paramloop.errors import ConfigError, SnapshotError
+from paramloop.errors import SnapshotError
 
 
 @register
@@ -43,12 +44,7 @@ class ThompsonGaussian(Policy):
         prior_variance: float = 0.05,
     ) -> None:
         super().__init__(design)
-        if isinstance(draws, bool) or not isinstance(draws, int) or not 1 <= draws <= 100_000:
-            raise ConfigError(
-                "policy.thompson_gaussian.draws",
-                f"must be an integer in [1, 100000], got {draws!r}",
-            )
-        self.draws = draws
+        self.draws = check_draws(self.name, draws)
         self.prior_mean = float(prior_mean)
         self.prior_count = check_positive(self.name, "prior_count", prior_count)
         self.prior_variance = check_positive(self.name, "prior_variance", prior_variance)
