@@ -271,3 +271,40 @@ def _check_number(name: str, value: object) -> None:
         raise OutcomeError(name, f"must be a number, got {type(value).__name__}")
     if not math.isfinite(value):
         raise OutcomeError(name, f"must be finite, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class GateReportRecord:
+    """A persisted gate report: the verdict and the full report as JSON-compatible data.
+
+    ``verdict`` is ``pass``, ``fail`` or ``inconclusive``; ``report`` holds every
+    gate's verdict, reason and evidence.  ``id`` is assigned by the store.
+    """
+
+    task_type: str
+    candidate: str
+    baseline: str
+    verdict: str
+    report: Mapping[str, Any]
+    created_at: float
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProvenanceRecord:
+    """An append-only audit record of something that changed (or approved a change to) production.
+
+    ``kind`` names the event (``gate_approval``, later ``phase_change``,
+    ``rollback``, ``budget_waiver``, …); ``actor`` is a person or ``rule:<name>``;
+    ``evidence`` is JSON-compatible (a gate report id, SLO figures, …);
+    ``policy_versions`` names the policies involved (e.g. candidate and baseline).
+    """
+
+    kind: str
+    task_type: str
+    actor: str
+    reason: str
+    evidence: Mapping[str, Any]
+    policy_versions: Mapping[str, str]
+    timestamp: float
+    id: int = 0
