@@ -117,3 +117,18 @@ class InputError(ParamloopError, ValueError):
         self.field = field
         self.problem = problem
         super().__init__(f"{field}: {problem}")
+
+
+class EvaluationError(ParamloopError, ValueError):
+    """Logged data given to off-policy evaluation is invalid or cannot give a number.
+
+    ``field`` names the array or argument (``propensities``, ``target``,
+    ``predicted``, …); ``rows`` holds the first offending row indices when rows
+    are at fault, so a caller can map them back to request ids.
+    """
+
+    def __init__(self, field: str, problem: str, rows: tuple[int, ...] = ()) -> None:
+        self.field = field
+        self.problem = problem
+        self.rows = rows
+        super().__init__(f"{field}: {problem}")
