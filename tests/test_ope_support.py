@@ -18,6 +18,7 @@ from paramloop.core.ope import (
     diagnose,
     estimate_all,
 )
+from paramloop.errors import EvaluationError
 
 K = 4
 ALL = [IPS(), SNIPS(), DM(), DR(), SNDR(), SwitchDR(tau=10.0)]
@@ -141,3 +142,36 @@ def test_reasons_are_combined_and_thresholds_are_parameters() -> None:
     assert "; the target puts probability on actions" in verdict.reason
     assert "in 10.0% of rounds (allowed: 0.0%" in verdict.reason
     assert check_support(d, min_ess=20.0, max_unsupported=0.1).is_ok
+
+
+def test_declared_support_replaces_the_observed_proxy() -> None:
+    """A logging policy with an exploration floor supports arms it happened never to log."""
+    rewards = np.array([1.0, 0.0, 1.0, 0.0])
+    actions = np.array([0, 0, 1, 1])
+    propensities = np.full(4, 0.45)
+    target = np.tile([0.0, 0.0, 1.0], (4, 1))  # arm 2 was never logged
+    observed = diagnose(LoggedBandit(rewards, actions, propensities, target))
+    assert observed.support_basis == "observed" and observed.unsupported_share == 1.0
+    support = np.ones((4, 3), dtype=bool)
+    declared = diagnose(LoggedBandit(rewards, actions, propensities, target, support=support))
+    assert declared.support_basis == "declared" and declared.unsupported_share == 0.0
+    narrow = support.copy()
+    narrow[:2, 2] = False
+    assert (
+        diagnose(
+            LoggedBandit(rewards, actions, propensities, target, support=narrow)
+        ).unsupported_share
+        == 0.5
+    )
+
+
+def test_declared_support_must_contain_the_logged_action() -> None:
+    support = np.zeros((2, 2), dtype=bool)
+    support[0, 0] = True
+    with pytest.raises(
+        EvaluationError,
+        match=r"support: 1 rows logged an action outside their declared support: row 1 action 1",
+    ):
+        LoggedBandit(
+            np.ones(2), np.array([0, 1]), np.full(2, 0.5), np.full((2, 2), 0.5), support=support
+        )

@@ -47,6 +47,11 @@ class LoggedBandit:
         the logging policy's full distribution when it is known.  It lets the
         support diagnostic see actions the logging policy could never choose;
         its value at the logged action must equal the propensity.
+    ``support`` (n, K) bool or ``None``
+        which actions the logging policy *could* choose in each round, when its
+        full distribution is not known but its support is (a policy with an
+        exploration floor over a known feasible set).  The logged action must
+        be inside it.  Ignored when ``logging`` is given.
 
     ``weights`` (n,) is derived: the importance weight ``target[i, a_i] /
     propensities[i]`` of each round.  The arrays are read-only views.
@@ -59,6 +64,7 @@ class LoggedBandit:
     propensities: FloatArray
     target: FloatArray
     logging: FloatArray | None = None
+    support: npt.NDArray[np.bool_] | None = None
     weights: FloatArray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,6 +141,22 @@ class LoggedBandit:
         object.__setattr__(self, "propensities", propensities)
         object.__setattr__(self, "target", target)
         object.__setattr__(self, "logging", logging)
+        if self.support is not None:
+            support = np.asarray(self.support)
+            if support.dtype != np.bool_ or support.shape != target.shape:
+                raise EvaluationError(
+                    "support",
+                    f"must be a boolean array of shape {target.shape}, got {support.dtype} {support.shape}",
+                )
+            outside = np.flatnonzero(~support[np.arange(n), actions])
+            if outside.size:
+                raise EvaluationError(
+                    "support",
+                    f"{outside.size} rows logged an action outside their declared support: "
+                    + ", ".join(f"row {int(i)} action {int(actions[i])}" for i in outside[:5]),
+                    tuple(int(i) for i in outside[:5]),
+                )
+            object.__setattr__(self, "support", _read_only(support))
         object.__setattr__(self, "weights", _read_only(at_logged / propensities))
 
     @property
@@ -162,6 +184,7 @@ class LoggedBandit:
             propensities=self.propensities[index],
             target=self.target[index],
             logging=None if self.logging is None else self.logging[index],
+            support=None if self.support is None else self.support[index],
         )
 
     def with_target(self, target: FloatArray) -> LoggedBandit:
@@ -172,6 +195,7 @@ class LoggedBandit:
             propensities=self.propensities,
             target=target,
             logging=self.logging,
+            support=self.support,
         )
 
 

@@ -31,7 +31,7 @@ from paramloop.errors import InputError
 #: Target probability below which an unsupported action is ignored (floating-point dust).
 UNSUPPORTED_MASS = 1e-12
 
-SupportBasis = Literal["logging", "observed"]
+SupportBasis = Literal["logging", "declared", "observed"]
 SupportVerdict = Literal["ok", "insufficient"]
 
 
@@ -70,6 +70,9 @@ def diagnose(data: LoggedBandit) -> Diagnostics:
     if data.logging is not None:
         basis = "logging"
         unsupported = np.where(data.logging == 0.0, data.target, 0.0).sum(axis=1)
+    elif data.support is not None:
+        basis = "declared"
+        unsupported = np.where(data.support, 0.0, data.target).sum(axis=1)
     else:
         basis = "observed"
         never_logged = np.bincount(data.actions, minlength=data.n_actions) == 0
@@ -115,12 +118,12 @@ def check_support(
     elif d.ess < min_ess:
         reasons.append(f"effective sample size {d.ess:.1f} is below min_ess {min_ess:g}")
     if d.unsupported_share > max_unsupported:
-        basis = (
-            "judged from the logging distribution"
-            if d.support_basis == "logging"
-            else "judged without the logging distribution, from the actions never logged and "
-            "the rounds logged with propensity 1"
-        )
+        basis = {
+            "logging": "judged from the logging distribution",
+            "declared": "judged from the logging policy's declared support",
+            "observed": "judged without the logging distribution, from the actions never logged and "
+            "the rounds logged with propensity 1",
+        }[d.support_basis]
         reasons.append(
             f"the target puts probability on actions the logging policy could never choose in "
             f"{d.unsupported_share:.1%} of rounds (allowed: {max_unsupported:.1%}; {basis})"
