@@ -1,9 +1,10 @@
 """Store fixtures: every store test runs once per backend, each on its own database.
 
-``store`` is any :class:`DecisionLog`: the in-memory one, SQLite and PostgreSQL.
-What only a database has (reopening it, its migrations, its schema) is tested
-through ``durable_store_spec``, ``open_store_at`` and ``durable_store``, which
-cover SQLite and PostgreSQL only.
+``store`` is any :class:`Store` (decision log and audit log): the in-memory
+one, SQLite and PostgreSQL.  What only a database has (reopening it, its
+migrations, its schema) is tested through ``durable_store_spec``,
+``open_store_at``, ``durable_store`` and ``engine`` (a connection to the same
+database that bypasses the store), which cover SQLite and PostgreSQL only.
 
 SQLite gets a file in the test's temporary directory.  PostgreSQL gets a fresh
 schema in the server at ``PARAMLOOP_TEST_POSTGRES_URL`` (default
@@ -21,11 +22,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
-from paramloop.store.base import DecisionLog
+from paramloop.store.base import Store
 from paramloop.store.memory import MemoryDecisionLog
 from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
 from paramloop.store.sqlite import SQLiteDecisionLog
@@ -41,7 +42,7 @@ def postgres_url() -> str:
     return os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
 
 
-def open_spec(spec: StoreSpec) -> DecisionLog:
+def open_spec(spec: StoreSpec) -> Store:
     backend, location, schema = spec
     if backend == "sqlite":
         return SQLiteDecisionLog(location)
@@ -103,11 +104,11 @@ def store_spec(durable_store_spec: StoreSpec) -> StoreSpec:
 
 
 @pytest.fixture
-def open_store_at(durable_store_spec: StoreSpec) -> Iterator[Callable[[], DecisionLog]]:
+def open_store_at(durable_store_spec: StoreSpec) -> Iterator[Callable[[], Store]]:
     """Open (or reopen) a store on the test's database; every store opened is closed afterwards."""
-    opened: list[DecisionLog] = []
+    opened: list[Store] = []
 
-    def open_() -> DecisionLog:
+    def open_() -> Store:
         store = open_spec(durable_store_spec)
         opened.append(store)
         return store
@@ -118,18 +119,42 @@ def open_store_at(durable_store_spec: StoreSpec) -> Iterator[Callable[[], Decisi
 
 
 @pytest.fixture
-def durable_store(open_store_at: Callable[[], DecisionLog]) -> DecisionLog:
+def durable_store(open_store_at: Callable[[], Store]) -> Store:
     """A SQLite or PostgreSQL store (see ``open_store_at`` to reopen its database)."""
     return open_store_at()
 
 
 @pytest.fixture(params=["memory", *DURABLE_BACKENDS])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DecisionLog]:
-    """Every DecisionLog implementation, each on a database of its own."""
-    store: DecisionLog
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Every store implementation, each on a database of its own."""
+    store: Store
     if request.param == "memory":
         store = MemoryDecisionLog()
     else:
         store = open_spec(durable_spec(request.param, request, tmp_path))
     yield store
     store.close()
+
+
+def raw_engine(spec: StoreSpec) -> Engine:
+    """An engine on the test's database that bypasses the store (for schema checks)."""
+    backend, location, schema = spec
+    if backend == "sqlite":
+        return create_engine(URL.create("sqlite+pysqlite", database=location), poolclass=NullPool)
+    return create_engine(
+        psycopg_url(location),
+        poolclass=NullPool,
+        connect_args={"options": f"-c search_path={schema}"},
+    )
+
+
+@pytest.fixture
+def engine(durable_store_spec: StoreSpec) -> Iterator[Engine]:
+    """An engine on the test's database (its PostgreSQL schema created) that bypasses the store."""
+    engine = raw_engine(durable_store_spec)
+    _, _, schema = durable_store_spec
+    if schema is not None:
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    yield engine
+    engine.dispose()

@@ -9,10 +9,11 @@ journal and in-memory mode, PostgreSQL's URL handling.
 
 from __future__ import annotations
 
+import json
 import math
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from itertools import count
 from pathlib import Path
@@ -24,9 +25,9 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import URL, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy import inspect, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from paramloop.errors import (
     ConfigError,
@@ -36,12 +37,20 @@ from paramloop.errors import (
     StoreError,
     UnknownRequestError,
 )
-from paramloop.store import DecisionLog, open_store
+from paramloop.store import AuditLog, DecisionLog, Store, open_store
 from paramloop.store.migrate import HEAD, MIGRATIONS_DIR, downgrade, upgrade
 from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
 from paramloop.store.schema import metadata
 from paramloop.store.sqlite import SQLiteDecisionLog
-from paramloop.types import Decision, Outcome, Params, PolicySnapshot, RecordedOutcome
+from paramloop.types import (
+    Decision,
+    GateReportRecord,
+    Outcome,
+    Params,
+    PolicySnapshot,
+    ProvenanceRecord,
+    RecordedOutcome,
+)
 
 StoreSpec = tuple[str, str, str | None]
 T0 = 1_700_000_000.0
@@ -101,30 +110,13 @@ def all_logged(store: DecisionLog, task_type: str, **window: Any) -> list[Any]:
     return [row for chunk in store.iter_logged(task_type, **window) for row in chunk]
 
 
-def raw_engine(spec: StoreSpec) -> Engine:
-    """An engine on the test's database that bypasses the store (for schema checks)."""
-    backend, location, schema = spec
-    if backend == "sqlite":
-        return create_engine(URL.create("sqlite+pysqlite", database=location), poolclass=NullPool)
-    return create_engine(
-        psycopg_url(location),
-        poolclass=NullPool,
-        connect_args={"options": f"-c search_path={schema}"},
-    )
-
-
-@pytest.fixture
-def engine(durable_store_spec: StoreSpec) -> Iterator[Engine]:
-    engine = raw_engine(durable_store_spec)
-    yield engine
-    engine.dispose()
-
-
 # -- round trips -------------------------------------------------------------------
 
 
-def test_store_implements_the_protocol(store: DecisionLog) -> None:
+def test_store_implements_the_protocols(store: Store) -> None:
     assert isinstance(store, DecisionLog)
+    assert isinstance(store, AuditLog)
+    assert isinstance(store, Store)
 
 
 def test_decision_reads_back_equal_everywhere(store: DecisionLog) -> None:
@@ -482,7 +474,7 @@ def test_latest_snapshot_is_the_last_saved_for_its_task_type(store: DecisionLog)
 
 # -- lifecycle -----------------------------------------------------------------------
 
-CALLS: dict[str, Callable[[DecisionLog], object]] = {
+CALLS: dict[str, Callable[[Store], object]] = {
     "append_decision": lambda s: s.append_decision(make_decision()),
     "append_decisions": lambda s: s.append_decisions([make_decision()]),
     "get_decision": lambda s: s.get_decision("x"),
@@ -494,10 +486,19 @@ CALLS: dict[str, Callable[[DecisionLog], object]] = {
     "count_decisions": lambda s: s.count_decisions(),
     "save_snapshot": lambda s: s.save_snapshot(PolicySnapshot("summarize", "p", 1, 0, b"")),
     "latest_snapshot": lambda s: s.latest_snapshot("summarize"),
+    "save_gate_report": lambda s: s.save_gate_report(
+        GateReportRecord("summarize", "c@1", "b@1", "pass", {}, T0)
+    ),
+    "get_gate_report": lambda s: s.get_gate_report(1),
+    "latest_gate_report": lambda s: s.latest_gate_report("summarize"),
+    "append_provenance": lambda s: s.append_provenance(
+        ProvenanceRecord("gate_approval", "summarize", "alice", "", {}, {}, T0)
+    ),
+    "list_provenance": lambda s: s.list_provenance(),
 }
 
 
-def test_a_closed_store_refuses_every_call(store: DecisionLog) -> None:
+def test_a_closed_store_refuses_every_call(store: Store) -> None:
     store.close()
     store.close()  # idempotent
     refused = []
@@ -549,6 +550,109 @@ def test_migrations_go_down_and_up_again(
     store = open_store_at()
     store.append_decision(make_decision())
     assert store.count_decisions() == 1
+
+
+# The columns of logged_decisions at revision 0001, frozen like the revision itself.
+_COLUMNS_0001 = (
+    "request_id, task_type, model_name, context_fingerprint, context_features, chosen_params, "
+    "log_propensity, outcome, policy_version, timestamp, arm, confidence, policy_revision, "
+    "origin, phase, applied, seed, error, schema_version, reward"
+)
+
+
+def _row_0001(decision: Decision) -> dict[str, Any]:
+    data = decision.to_dict()
+    assert decision.context_fingerprint < 2**63  # stored as is, not two's complement
+    return {
+        "request_id": decision.request_id,
+        "task_type": decision.task_type,
+        "model_name": decision.params.model,
+        "context_fingerprint": decision.context_fingerprint,
+        "context_features": json.dumps(data["context"]),
+        "chosen_params": json.dumps(data["params"]),
+        "log_propensity": decision.propensity,
+        "outcome": None,
+        "policy_version": decision.policy,
+        "timestamp": decision.timestamp,
+        "arm": decision.arm,
+        "confidence": decision.confidence,
+        "policy_revision": decision.policy_revision,
+        "origin": decision.origin,
+        "phase": decision.phase,
+        "applied": decision.applied,
+        "seed": decision.seed,
+        "error": decision.error,
+        "schema_version": decision.schema_version,
+        "reward": None,
+    }
+
+
+def _tables(conn: Connection) -> set[str]:
+    return set(inspect(conn).get_table_names())
+
+
+def _has_append_only_function(conn: Connection) -> bool:
+    """Whether PostgreSQL's trigger function of revision 0002 exists in the current schema."""
+    query = (
+        "SELECT count(*) FROM pg_proc AS p JOIN pg_namespace AS n ON n.oid = p.pronamespace "
+        "WHERE p.proname = 'provenance_append_only' AND n.nspname = current_schema()"
+    )
+    return bool(conn.execute(text(query)).scalar_one())
+
+
+def test_a_0001_database_upgrades_on_open_and_keeps_its_rows(
+    open_store_at: Callable[[], Store], engine: Engine
+) -> None:
+    old = [
+        make_decision(f"old-{i}", timestamp=T0 + i, context_fingerprint=2**40 + i) for i in range(3)
+    ]
+    with engine.connect() as conn:
+        upgrade(conn, "0001")
+        assert MigrationContext.configure(conn).get_current_heads() == ("0001",)
+        assert {"gate_reports", "provenance"}.isdisjoint(_tables(conn))
+    with engine.begin() as conn:
+        placeholders = ", ".join(f":{name}" for name in _COLUMNS_0001.split(", "))
+        conn.execute(
+            text(f"INSERT INTO logged_decisions ({_COLUMNS_0001}) VALUES ({placeholders})"),
+            [_row_0001(decision) for decision in old],
+        )
+
+    store = open_store_at()
+    with engine.connect() as conn:
+        assert MigrationContext.configure(conn).get_current_heads() == (HEAD,)
+    assert [store.get_decision(d.request_id) for d in old] == old
+    assert store.pending_decisions("summarize", before=math.inf, limit=10) == old
+    stored, _ = store.attach_outcome(make_outcome(old[0]))
+    assert store.outcomes_since("summarize", 0, 10) == [(old[0], stored)]
+    record = ProvenanceRecord("gate_approval", "summarize", "alice", "", {"id": 1}, {}, T0)
+    appended = store.append_provenance(record)
+    assert store.list_provenance() == [appended]
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text("DELETE FROM provenance"))
+    store.close()
+
+
+def test_downgrading_0002_drops_the_audit_log_and_keeps_the_decisions(
+    open_store_at: Callable[[], Store], engine: Engine
+) -> None:
+    store = open_store_at()
+    decision = make_decision()
+    store.append_decision(decision)
+    store.append_provenance(ProvenanceRecord("rollback", "summarize", "bob", "", {}, {}, T0))
+    store.close()
+    postgres = engine.dialect.name == "postgresql"
+    with engine.connect() as conn:
+        downgrade(conn, "0001")
+        assert MigrationContext.configure(conn).get_current_heads() == ("0001",)
+        assert {"gate_reports", "provenance"}.isdisjoint(_tables(conn))
+        if postgres:
+            assert not _has_append_only_function(conn)
+    reopened = open_store_at()
+    assert reopened.get_decision(decision.request_id) == decision
+    assert reopened.list_provenance() == []
+    if postgres:
+        with engine.connect() as conn:
+            assert _has_append_only_function(conn)
 
 
 def test_a_database_from_a_newer_version_is_refused(

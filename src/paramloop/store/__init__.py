@@ -1,7 +1,9 @@
-"""Storage: the decision log and policy snapshots, on SQLite or PostgreSQL.
+"""Storage: the decision log, policy snapshots and the audit log, on SQLite or PostgreSQL.
 
 :func:`open_store` turns a ``DATABASE_URL`` into a
-:class:`~paramloop.store.base.DecisionLog`.  The SQLite and PostgreSQL stores
+:class:`~paramloop.store.base.Store`: one object that is both a
+:class:`~paramloop.store.base.DecisionLog` and an
+:class:`~paramloop.store.base.AuditLog`.  The SQLite and PostgreSQL stores
 share :class:`~paramloop.store.sql.SQLDecisionLog` and pass one contract suite.
 
 The SQL stores are imported on first use: the engine imports
@@ -14,7 +16,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING
 
-from paramloop.store.base import DecisionLog, LoggedRow, OutcomeRow
+from paramloop.store.base import AuditLog, DecisionLog, LoggedRow, OutcomeRow, Store
 
 if TYPE_CHECKING:
     from paramloop.store.factory import open_store
@@ -37,11 +39,13 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "AuditLog",
     "DecisionLog",
     "Durability",
     "LoggedRow",
     "OutcomeRow",
     "PostgresDecisionLog",
     "SQLiteDecisionLog",
+    "Store",
     "open_store",
 ]

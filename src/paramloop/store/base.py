@@ -1,8 +1,11 @@
-"""The storage seam: one protocol for the decision log and the policy snapshots.
+"""The storage seam: the decision log (with policy snapshots) and the audit log.
 
-Every implementation (SQLite, PostgreSQL) passes the contract suite in
+:class:`DecisionLog` and :class:`AuditLog` are two protocols; every store
+(in-memory, SQLite, PostgreSQL) implements both in one object
+(:class:`Store`) and passes the contract suite in
 ``tests/test_store_contract.py``.  Stores hold rows, not math: rewards arrive
-already computed, snapshots arrive already serialized.
+already computed, snapshots arrive already serialized, gate reports arrive
+already decided.
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-from paramloop.types import Decision, PolicySnapshot, RecordedOutcome
+from paramloop.types import (
+    Decision,
+    GateReportRecord,
+    PolicySnapshot,
+    ProvenanceRecord,
+    RecordedOutcome,
+)
 
 #: A logged decision joined with its outcome (``None`` while none has arrived).
 LoggedRow = tuple[Decision, RecordedOutcome | None]
@@ -80,3 +89,52 @@ class DecisionLog(Protocol):
 
     def close(self) -> None:
         """Release connections.  Idempotent."""
+
+
+@runtime_checkable
+class AuditLog(Protocol):
+    """Gate reports and the append-only provenance trail of production changes.
+
+    Records are written once and never changed: the store assigns each its
+    ``id`` (increasing in the order they were saved), and the SQL stores'
+    databases refuse UPDATE and DELETE on the provenance table itself.  Every
+    write is one committed transaction, as in :class:`DecisionLog`.
+
+    A record is refused, the store left unchanged, with
+    :class:`~paramloop.errors.ConfigError` (naming the field) for an empty
+    ``task_type``, ``candidate``, ``baseline``, ``kind`` or ``actor``, a verdict
+    other than ``pass``, ``fail`` or ``inconclusive``, ``policy_versions`` that
+    do not map strings to strings, an ``id`` other than 0 or a negative
+    ``limit``; and with :class:`~paramloop.errors.StoreError` for a value no
+    database holds exactly (a NaN, a NUL character or lone surrogate in a text
+    field, and JSON fields that are not JSON data: see
+    :mod:`paramloop.store.records`).
+    """
+
+    def save_gate_report(self, report: GateReportRecord) -> GateReportRecord:
+        """Store a gate report; returns it as stored, with its assigned ``id``."""
+
+    def get_gate_report(self, report_id: int) -> GateReportRecord | None:
+        """The gate report saved under ``report_id``, or ``None``."""
+
+    def latest_gate_report(self, task_type: str) -> GateReportRecord | None:
+        """The gate report of ``task_type`` saved last, or ``None``."""
+
+    def append_provenance(self, record: ProvenanceRecord) -> ProvenanceRecord:
+        """Append an audit record; returns it as stored, with its assigned ``id``."""
+
+    def list_provenance(
+        self, task_type: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[ProvenanceRecord]:
+        """Up to ``limit`` audit records, newest (appended last) first.
+
+        Only those of ``task_type`` and of ``kind`` when these are given.
+        """
+
+    def close(self) -> None:
+        """Release connections.  Idempotent."""
+
+
+@runtime_checkable
+class Store(DecisionLog, AuditLog, Protocol):
+    """One store object serving both protocols: what :func:`~paramloop.store.open_store` returns."""

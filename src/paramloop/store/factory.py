@@ -1,4 +1,4 @@
-"""Open a decision log from a database URL (``DATABASE_URL``)."""
+"""Open a store (decision log and audit log) from a database URL (``DATABASE_URL``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from paramloop.errors import ConfigError
-from paramloop.store.base import DecisionLog
+from paramloop.store.base import Store
 
 if TYPE_CHECKING:
     from paramloop.store.sqlite import Durability
@@ -19,8 +19,8 @@ _ALLOWED = (
 _DURABILITIES: dict[str, Durability] = {"process": "process", "power": "power"}
 
 
-def open_store(url: str) -> DecisionLog:
-    """The decision log at ``url``, migrated to the current schema.
+def open_store(url: str) -> Store:
+    """The store at ``url`` (decision log and audit log), migrated to the current schema.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``,
     ``sqlite:///:memory:`` and a bare file path open a
@@ -50,7 +50,7 @@ def open_store(url: str) -> DecisionLog:
     raise ConfigError("database_url", f"unsupported scheme {scheme!r}; use {_ALLOWED}")
 
 
-def _open_sqlite_url(rest: str) -> DecisionLog:
+def _open_sqlite_url(rest: str) -> Store:
     # "sqlite://" + "/path": three slashes then a relative path, four for an
     # absolute one; "sqlite://" alone is an in-memory database, as in SQLAlchemy.
     if rest and not rest.startswith("/"):
@@ -74,7 +74,7 @@ def _open_sqlite_url(rest: str) -> DecisionLog:
     return _open_sqlite(path or ":memory:", durability=durability)
 
 
-def _open_sqlite(path: str, *, durability: Durability) -> DecisionLog:
+def _open_sqlite(path: str, *, durability: Durability) -> Store:
     # Imported here: SQLAlchemy loads only when a database is opened.
     from paramloop.store.sqlite import SQLiteDecisionLog
 

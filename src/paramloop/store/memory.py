@@ -5,6 +5,10 @@ It passes the contract suite in ``tests/test_store_contract.py`` except what
 only a database has (reopening, migrations) and the refusal of values a
 database cannot hold exactly (a NaN, a NUL character, an integer outside 64
 bits): objects are kept as they are, so every value reads back equal.
+Audit records are the exception: they are validated and kept as the rows the
+SQL stores would write (:mod:`paramloop.store.records`), so they are refused
+and read back exactly as there, and changing a mapping after saving it does
+not change the saved record.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import heapq
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 from paramloop.errors import (
     ConfigError,
@@ -23,19 +28,34 @@ from paramloop.errors import (
     UnknownRequestError,
 )
 from paramloop.store.base import LoggedRow, OutcomeRow
-from paramloop.types import Decision, PolicySnapshot, RecordedOutcome
+from paramloop.store.records import (
+    gate_report_from_row,
+    gate_report_row,
+    provenance_from_row,
+    provenance_row,
+)
+from paramloop.types import (
+    Decision,
+    GateReportRecord,
+    PolicySnapshot,
+    ProvenanceRecord,
+    RecordedOutcome,
+)
 
 # The values of ``outcomes.source`` (``paramloop.store.schema.OUTCOME_SOURCES``),
 # repeated here because the schema module imports SQLAlchemy and the engine
 # imports this one; the contract suite holds both to the same rule.
 _OUTCOME_SOURCES = ("observed", "default")
 
+#: A stored row of the audit log: column name -> value, as in the SQL stores.
+_Row = dict[str, Any]
+
 #: A decision's position in "oldest first" order: (timestamp, insertion index).
 _Key = tuple[float, int]
 
 
 class MemoryDecisionLog:
-    """List-backed :class:`~paramloop.store.base.DecisionLog` (thread-safe, not durable).
+    """List-backed :class:`~paramloop.store.base.Store` (thread-safe, not durable).
 
     One lock guards every call, reads included: a reader never sees a
     half-applied write, and the SQL stores' orderings hold (insertion order
@@ -49,6 +69,9 @@ class MemoryDecisionLog:
         self._outcomes: dict[str, RecordedOutcome] = {}
         self._by_seq: list[RecordedOutcome] = []  # seq n is at index n - 1
         self._snapshots: dict[str, PolicySnapshot] = {}
+        self._gate_reports: list[_Row] = []  # id n is at index n - 1
+        self._latest_gate_report: dict[str, _Row] = {}
+        self._provenance: list[_Row] = []  # id n is at index n - 1
         self._closed = False
 
     @property
@@ -174,6 +197,55 @@ class MemoryDecisionLog:
         with self._lock:
             self._check_open("latest_snapshot")
             return self._snapshots.get(task_type)
+
+    # -- AuditLog ----------------------------------------------------------------------
+
+    def save_gate_report(self, report: GateReportRecord) -> GateReportRecord:
+        row = gate_report_row(report)
+        with self._lock:
+            self._check_open("save_gate_report")
+            row["id"] = len(self._gate_reports) + 1
+            self._gate_reports.append(row)
+            self._latest_gate_report[row["task_type"]] = row
+        return gate_report_from_row(row)
+
+    def get_gate_report(self, report_id: int) -> GateReportRecord | None:
+        with self._lock:
+            self._check_open("get_gate_report")
+            if not 1 <= report_id <= len(self._gate_reports):
+                return None
+            row = self._gate_reports[report_id - 1]
+        return gate_report_from_row(row)
+
+    def latest_gate_report(self, task_type: str) -> GateReportRecord | None:
+        with self._lock:
+            self._check_open("latest_gate_report")
+            row = self._latest_gate_report.get(task_type)
+        return None if row is None else gate_report_from_row(row)
+
+    def append_provenance(self, record: ProvenanceRecord) -> ProvenanceRecord:
+        row = provenance_row(record)
+        with self._lock:
+            self._check_open("append_provenance")
+            row["id"] = len(self._provenance) + 1
+            self._provenance.append(row)
+        return provenance_from_row(row)
+
+    def list_provenance(
+        self, task_type: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[ProvenanceRecord]:
+        _check_limit("limit", limit, minimum=0)
+        with self._lock:
+            self._check_open("list_provenance")
+            rows: list[_Row] = []
+            for row in reversed(self._provenance):
+                if len(rows) >= limit:
+                    break
+                if (task_type is None or row["task_type"] == task_type) and (
+                    kind is None or row["kind"] == kind
+                ):
+                    rows.append(row)
+        return [provenance_from_row(row) for row in rows]
 
     def close(self) -> None:
         with self._lock:

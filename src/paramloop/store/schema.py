@@ -1,4 +1,4 @@
-"""The tables of the decision log, as SQLAlchemy Core metadata.
+"""The tables of the decision log and the audit log, as SQLAlchemy Core metadata.
 
 Queries are written against these tables; the Alembic revisions in
 ``migrations/versions`` create them.  Revisions are frozen history and never
@@ -10,6 +10,10 @@ this metadata agree.
 ``log_propensity``, ``outcome``, ``policy_version``, ``timestamp``) so that
 existing dashboards and queries keep working; ``log_propensity`` holds the
 propensity itself, not its logarithm.
+
+``provenance`` is append-only in the database itself: revision 0002 adds
+triggers that make every UPDATE and DELETE on it (and TRUNCATE, on
+PostgreSQL) fail.  Metadata cannot express triggers, so they are not here.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+
+from paramloop.store.records import VERDICTS
 
 #: Values of ``outcomes.source``.
 OUTCOME_SOURCES = ("observed", "default")
@@ -128,3 +134,39 @@ policy_snapshots = Table(
     Column("timestamp", Double, nullable=False),
 )
 Index("ix_policy_snapshots_task_type_id", policy_snapshots.c.task_type, policy_snapshots.c.id)
+
+# -- the audit log (revision 0002) -------------------------------------------------
+# Ids never go back (sqlite_autoincrement): provenance evidence cites gate
+# report ids, which must not name another report should one be deleted.
+
+gate_reports = Table(
+    "gate_reports",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("task_type", Text, nullable=False),
+    Column("candidate", Text, nullable=False),
+    Column("baseline", Text, nullable=False),
+    Column("verdict", Text, nullable=False),
+    Column("report", Text, nullable=False),  # JSON
+    Column("created_at", Double, nullable=False),
+    CheckConstraint(
+        f"verdict IN ({', '.join(repr(v) for v in VERDICTS)})", name="ck_gate_reports_verdict"
+    ),
+    sqlite_autoincrement=True,
+)
+Index("ix_gate_reports_task_type_id", gate_reports.c.task_type, gate_reports.c.id)
+
+provenance = Table(
+    "provenance",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("task_type", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("evidence", Text, nullable=False),  # JSON
+    Column("policy_versions", Text, nullable=False),  # JSON
+    Column("timestamp", Double, nullable=False),
+    sqlite_autoincrement=True,
+)
+Index("ix_provenance_task_type_id", provenance.c.task_type, provenance.c.id)

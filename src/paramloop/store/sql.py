@@ -18,14 +18,23 @@ the same contract.
 from __future__ import annotations
 
 import json
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, RowMapping, Select, and_, bindparam, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Insert,
+    RowMapping,
+    Select,
+    and_,
+    bindparam,
+    func,
+    select,
+    tuple_,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
@@ -38,8 +47,31 @@ from paramloop.errors import (
     UnknownRequestError,
 )
 from paramloop.store.base import LoggedRow, OutcomeRow
-from paramloop.store.schema import OUTCOME_SOURCES, logged_decisions, outcomes, policy_snapshots
-from paramloop.types import Decision, Outcome, PolicySnapshot, RecordedOutcome
+from paramloop.store.records import (
+    dumps,
+    gate_report_from_row,
+    gate_report_row,
+    provenance_from_row,
+    provenance_row,
+    storable_real,
+    storable_text,
+)
+from paramloop.store.schema import (
+    OUTCOME_SOURCES,
+    gate_reports,
+    logged_decisions,
+    outcomes,
+    policy_snapshots,
+    provenance,
+)
+from paramloop.types import (
+    Decision,
+    GateReportRecord,
+    Outcome,
+    PolicySnapshot,
+    ProvenanceRecord,
+    RecordedOutcome,
+)
 
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
@@ -52,6 +84,8 @@ _LOOKUP_CHUNK = 500
 _D = logged_decisions.c
 _O = outcomes.c
 _S = policy_snapshots.c
+_G = gate_reports.c
+_P = provenance.c
 
 # A decision with its outcome: outcome columns are prefixed ``o_`` because
 # both tables have request_id, task_type, error, reward and timestamp.
@@ -79,7 +113,7 @@ _MARK_DECIDED = (
 
 
 class SQLDecisionLog(ABC):
-    """A :class:`~paramloop.store.base.DecisionLog` on a SQLAlchemy engine.
+    """A :class:`~paramloop.store.base.Store` (decision log and audit log) on a SQLAlchemy engine.
 
     Not meant to be built directly: use :class:`~paramloop.store.SQLiteDecisionLog`,
     :class:`~paramloop.store.PostgresDecisionLog` or
@@ -180,7 +214,7 @@ class SQLDecisionLog(ABC):
                         _MARK_DECIDED,
                         {
                             "b_request_id": recorded.request_id,
-                            "b_outcome": _dumps(recorded.outcome.to_dict()),
+                            "b_outcome": dumps(recorded.outcome.to_dict()),
                             "b_reward": recorded.reward,
                         },
                     )
@@ -266,12 +300,12 @@ class SQLDecisionLog(ABC):
 
     def save_snapshot(self, snapshot: PolicySnapshot) -> None:
         row = {
-            "task_type": _text("snapshot.task_type", snapshot.task_type),
-            "policy_version": _text("snapshot.policy", snapshot.policy),
+            "task_type": storable_text("snapshot.task_type", snapshot.task_type),
+            "policy_version": storable_text("snapshot.policy", snapshot.policy),
             "revision": _int64("snapshot.revision", snapshot.revision),
             "last_outcome_seq": _int64("snapshot.last_outcome_seq", snapshot.last_outcome_seq),
             "state": bytes(snapshot.state),
-            "timestamp": _real("snapshot.timestamp", snapshot.timestamp),
+            "timestamp": storable_real("snapshot.timestamp", snapshot.timestamp),
         }
         with self._transaction("save_snapshot", write=True) as conn:
             conn.execute(policy_snapshots.insert(), row)
@@ -295,6 +329,49 @@ class SQLDecisionLog(ABC):
             state=bytes(row["state"]),
             timestamp=float(row["timestamp"]),
         )
+
+    # -- AuditLog ------------------------------------------------------------
+
+    def save_gate_report(self, report: GateReportRecord) -> GateReportRecord:
+        row = gate_report_row(report)
+        with self._transaction("save_gate_report", write=True) as conn:
+            row["id"] = self._insert_returning_id(conn, gate_reports.insert(), row)
+        return gate_report_from_row(row)
+
+    def get_gate_report(self, report_id: int) -> GateReportRecord | None:
+        if not _INT64_MIN <= report_id <= _INT64_MAX:
+            return None  # no row has it, and the driver would refuse the parameter
+        query = select(gate_reports).where(_G.id == report_id)
+        with self._transaction("get_gate_report", write=False) as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        return None if row is None else gate_report_from_row(row)
+
+    def latest_gate_report(self, task_type: str) -> GateReportRecord | None:
+        query = (
+            select(gate_reports).where(_G.task_type == task_type).order_by(_G.id.desc()).limit(1)
+        )
+        with self._transaction("latest_gate_report", write=False) as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        return None if row is None else gate_report_from_row(row)
+
+    def append_provenance(self, record: ProvenanceRecord) -> ProvenanceRecord:
+        row = provenance_row(record)
+        with self._transaction("append_provenance", write=True) as conn:
+            row["id"] = self._insert_returning_id(conn, provenance.insert(), row)
+        return provenance_from_row(row)
+
+    def list_provenance(
+        self, task_type: str | None = None, kind: str | None = None, limit: int = 100
+    ) -> list[ProvenanceRecord]:
+        _check_limit("limit", limit, minimum=0)
+        query = select(provenance).order_by(_P.id.desc()).limit(limit)
+        if task_type is not None:
+            query = query.where(_P.task_type == task_type)
+        if kind is not None:
+            query = query.where(_P.kind == kind)
+        with self._transaction("list_provenance", write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [provenance_from_row(row) for row in rows]
 
     def close(self) -> None:
         if self._closed:
@@ -345,6 +422,15 @@ class SQLDecisionLog(ABC):
                 raise
             raise self._store_error(operation, exc) from exc
 
+    def _insert_returning_id(self, conn: Connection, insert: Insert, row: dict[str, Any]) -> int:
+        key = conn.execute(insert, row).inserted_primary_key
+        if key is None:
+            raise StoreError(
+                f"the {self.backend} store at {self._location} did not report the id of the "
+                f"row it inserted into {insert.table.name}"
+            )
+        return int(key[0])
+
     def _store_error(self, operation: str, exc: SQLAlchemyError) -> StoreError:
         return StoreError(
             f"{operation} failed on the {self.backend} store at {self._location}: {_describe(exc)}"
@@ -379,24 +465,24 @@ def _decision_row(decision: Decision) -> dict[str, Any]:
         )
     seed = decision.seed
     return {
-        "request_id": _text("request_id", decision.request_id),
-        "task_type": _text("task_type", decision.task_type),
-        "model_name": _text("params.model", decision.params.model),
+        "request_id": storable_text("request_id", decision.request_id),
+        "task_type": storable_text("task_type", decision.task_type),
+        "model_name": storable_text("params.model", decision.params.model),
         # Two's complement: BIGINT is signed, the fingerprint is not.
         "context_fingerprint": fingerprint - 2**64 if fingerprint > _INT64_MAX else fingerprint,
         "context_features": _json("context", data["context"]),
         "chosen_params": _json("params", data["params"]),
-        "log_propensity": _real("propensity", decision.propensity),
-        "policy_version": _text("policy", decision.policy),
-        "timestamp": _real("timestamp", decision.timestamp),
+        "log_propensity": storable_real("propensity", decision.propensity),
+        "policy_version": storable_text("policy", decision.policy),
+        "timestamp": storable_real("timestamp", decision.timestamp),
         "arm": _int_range("arm", decision.arm, -(2**31), 2**31 - 1),
-        "confidence": _real("confidence", decision.confidence),
+        "confidence": storable_real("confidence", decision.confidence),
         "policy_revision": _int64("policy_revision", decision.policy_revision),
-        "origin": _text("origin", decision.origin),
-        "phase": _text("phase", decision.phase),
+        "origin": storable_text("origin", decision.origin),
+        "phase": storable_text("phase", decision.phase),
         "applied": bool(decision.applied),
         "seed": None if seed is None else _int64("seed", seed),
-        "error": None if decision.error is None else _text("error", decision.error),
+        "error": None if decision.error is None else storable_text("error", decision.error),
         "schema_version": _int_range(
             "schema_version", decision.schema_version, -(2**31), 2**31 - 1
         ),
@@ -435,8 +521,8 @@ def _outcome_row(recorded: RecordedOutcome) -> dict[str, Any]:
         )
     outcome = recorded.outcome
     return {
-        "request_id": _text("request_id", recorded.request_id),
-        "task_type": _text("task_type", recorded.task_type),
+        "request_id": storable_text("request_id", recorded.request_id),
+        "task_type": storable_text("task_type", recorded.task_type),
         "quality": _optional_real("outcome.quality", outcome.quality),
         "latency_ms": _optional_real("outcome.latency_ms", outcome.latency_ms),
         "prompt_tokens": _optional_int64("outcome.prompt_tokens", outcome.prompt_tokens),
@@ -447,10 +533,10 @@ def _outcome_row(recorded: RecordedOutcome) -> dict[str, Any]:
         "error": bool(outcome.error),
         "feedback": _optional_real("outcome.feedback", outcome.feedback),
         "explicit_reward": _optional_real("outcome.reward", outcome.reward),
-        "reward": _real("reward", recorded.reward),
-        "reward_version": _text("reward_version", recorded.reward_version),
+        "reward": storable_real("reward", recorded.reward),
+        "reward_version": storable_text("reward_version", recorded.reward_version),
         "source": recorded.source,
-        "timestamp": _real("timestamp", recorded.timestamp),
+        "timestamp": storable_real("timestamp", recorded.timestamp),
     }
 
 
@@ -502,14 +588,9 @@ def _same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
     )
 
 
-def _dumps(value: object) -> str:
-    # json keeps each float's repr, so floats read back bit for bit.
-    return json.dumps(value, separators=(",", ":"))
-
-
 def _json(field: str, value: object) -> str:
     try:
-        return _dumps(value)
+        return dumps(value)
     except (TypeError, ValueError) as exc:  # a value JSON cannot encode (a numpy scalar, …)
         raise StoreError(f"cannot store {field}: {exc}") from exc
 
@@ -517,29 +598,8 @@ def _json(field: str, value: object) -> str:
 # -- what a backend can hold -------------------------------------------------------
 
 
-def _text(field: str, value: str) -> str:
-    if "\x00" in value:
-        raise StoreError(f"cannot store {field} {value!r}: PostgreSQL text cannot hold NUL (\\x00)")
-    if not value.isascii():
-        try:
-            value.encode()
-        except UnicodeEncodeError:
-            raise StoreError(
-                f"cannot store {field} {value!r}: it holds a lone surrogate, which is not UTF-8"
-            ) from None
-    return value
-
-
-def _real(field: str, value: float) -> float:
-    if math.isnan(value):
-        raise StoreError(
-            f"cannot store {field}: NaN does not round-trip (SQLite stores it as NULL)"
-        )
-    return value
-
-
 def _optional_real(field: str, value: float | None) -> float | None:
-    return None if value is None else _real(field, value)
+    return None if value is None else storable_real(field, value)
 
 
 def _int_range(field: str, value: int, low: int, high: int) -> int:

@@ -45,10 +45,10 @@ from sqlalchemy.pool import StaticPool
 
 from paramloop.errors import ConfigError, StoreError, UnknownRequestError
 from paramloop.store.migrate import upgrade
+from paramloop.store.records import dumps
 from paramloop.store.sql import (
     SQLDecisionLog,
     _decision_row,
-    _dumps,
     _outcome_row,
     _same_outcome,
     task_type_mismatch,
@@ -196,7 +196,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
                         raw.execute(
                             _MARK_DECIDED,
                             (
-                                _dumps(recorded.outcome.to_dict()),
+                                dumps(recorded.outcome.to_dict()),
                                 recorded.reward,
                                 recorded.request_id,
                             ),
