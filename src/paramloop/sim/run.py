@@ -112,7 +112,8 @@ def simulate(
     for step, index in enumerate(schedule):
         name = names[int(index)]
         context = world.sample_context(name, rng)
-        decision = optimizer.recommend(name, context)
+        # An explicit per-decision seed (not the random request id) makes a run reproducible.
+        decision = optimizer.recommend(name, context, seed=(seed << 32) + step)
         outcome = world.outcome(name, decision.context, decision.params, rng)
         recorded = optimizer.record_outcome(decision.request_id, outcome)
         values = oracles[name].values(decision.context)
