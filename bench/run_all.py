@@ -47,6 +47,14 @@ BENCHES: dict[str, tuple[list[str], list[str], str, str]] = {
         "Cumulative expected regret on identical simulated streams (same contexts, same feasible arms, same "
         "noise), from the simulator's exact oracle.",
     ),
+    "bench_obd": (
+        [],
+        ["--resamples", "1000", "--repeats", "1"],
+        "(e) offline evaluation on the Open Bandit Dataset",
+        "The standard OBD experiment on the sample in `../shared/data/obd`: the Bernoulli-TS policy's value "
+        "from the uniform-random logs, six estimators with 10,000-resample bootstrap intervals, outcome model "
+        "included; IPS and SNIPS match obp 0.5.7's published values.",
+    ),
     "bench_memory": (
         [],
         ["--task-types", "20"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.console import Console
@@ -19,6 +19,10 @@ from paramloop.sim.run import SimulationReport, simulate
 from paramloop.sim.tasks import DEFAULTS, default_tasks
 from paramloop.sim.world import World
 from paramloop.store.base import DecisionLog
+from paramloop.types import GateReportRecord
+
+if TYPE_CHECKING:
+    from paramloop.engine.evaluate import Target
 
 app = typer.Typer(
     name="paramloop",
@@ -178,6 +182,271 @@ def _render(report: SimulationReport, rounds: int, db: str | None) -> None:
     console.print(
         f"{sum(t.rounds for t in report.tasks)} decisions in {report.seconds:.1f}s, {where}."
     )
+
+
+@app.command(name="evaluate")
+def evaluate_command(
+    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to evaluate.")],
+    candidate: Annotated[
+        str,
+        typer.Option(
+            help="snapshot (latest in the store), learned (train on the older half), or baseline."
+        ),
+    ] = "snapshot",
+    estimators: Annotated[
+        str, typer.Option(help="Comma-separated: ips, snips, dm, dr, sndr, switch-dr[:tau].")
+    ] = ("ips,snips,dm,dr,sndr,switch-dr"),
+    config: Annotated[
+        Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+    ] = None,
+    since: Annotated[float | None, typer.Option(help="Window start, epoch seconds.")] = None,
+    until: Annotated[
+        float | None, typer.Option(help="Window end (exclusive), epoch seconds.")
+    ] = None,
+    resamples: Annotated[
+        int, typer.Option(min=100, help="Bootstrap resamples per interval.")
+    ] = 10_000,
+    min_ess: Annotated[
+        float, typer.Option(min=0.0, help="Effective sample size below which no number is given.")
+    ] = 100.0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the bootstrap and the outcome model's folds.")
+    ] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
+) -> None:
+    """Estimate a candidate policy's value against the baseline's, from the decision log alone."""
+    from paramloop.engine.evaluate import evaluate
+    from paramloop.store import open_store
+
+    try:
+        tasks = {t.name: t for t in (load_config(config).values() if config else default_tasks())}
+        if task_type not in tasks:
+            raise ParamloopError(
+                f"--task-type: unknown task type {task_type!r}; configured: {', '.join(tasks)}"
+            )
+        if candidate not in ("snapshot", "learned", "baseline"):
+            raise ParamloopError(
+                f"--candidate: must be snapshot, learned or baseline; got {candidate!r}"
+            )
+        store = open_store(db)
+        try:
+            with Progress(
+                TextColumn("[bold]reading the log"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=errors,
+                disable=as_json or not errors.is_terminal,
+                transient=True,
+            ) as bar:
+                job = bar.add_task("rows", total=store.count_decisions(task_type))
+                result = evaluate(
+                    store,
+                    tasks[task_type],
+                    target=cast("Target", candidate),
+                    estimators=[e.strip() for e in estimators.split(",") if e.strip()],
+                    start=since,
+                    end=until,
+                    resamples=resamples,
+                    min_ess=min_ess,
+                    seed=seed,
+                    progress=lambda n: bar.advance(job, n),
+                )
+        finally:
+            store.close()
+    except ParamloopError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    table = Table(
+        title=f"{task_type}: {result.candidate} ({candidate}) vs baseline · {result.n} logged rounds"
+    )
+    for column in (
+        "estimator",
+        "candidate",
+        "95% CI",
+        "baseline",
+        "difference",
+        "lower bound",
+        "ESS",
+        "verdict",
+    ):
+        table.add_column(column, justify="left" if column in ("estimator", "verdict") else "right")
+    for est, base, comp in zip(result.estimates, result.baseline, result.comparisons, strict=True):
+        table.add_row(
+            est.estimator,
+            _num(est.value),
+            "-" if est.low is None else f"[{est.low:.4f}, {est.high:.4f}]",
+            _num(base.value),
+            _num(comp.difference, signed=True),
+            _num(comp.lower_bound, signed=True),
+            f"{est.ess:.0f}",
+            comp.verdict if est.support == "ok" else f"insufficient support: {est.reason}",
+        )
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    unsupported = [b for b in result.baseline if b.support != "ok"]
+    if unsupported:
+        console.print(f"baseline: no estimate ({unsupported[0].reason}).")
+
+
+gates_app = typer.Typer(
+    help="Quality gates: run them on an evaluation, show a report, approve it.",
+    no_args_is_help=True,
+)
+app.add_typer(gates_app, name="gates")
+
+
+@gates_app.command(name="run")
+def gates_run(
+    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type.")],
+    candidate: Annotated[str, typer.Option(help="snapshot, learned or baseline.")] = "snapshot",
+    config: Annotated[
+        Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+    ] = None,
+    resamples: Annotated[
+        int, typer.Option(min=100, help="Bootstrap resamples per interval.")
+    ] = 10_000,
+    min_decisions: Annotated[int, typer.Option(min=0, help="Logged decisions required.")] = 1_000,
+    min_ess: Annotated[
+        float, typer.Option(min=0.0, help="Effective sample size required.")
+    ] = 100.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Evaluate the candidate offline, check every gate, and store the report."""
+    from paramloop.core.gates import GateThresholds
+    from paramloop.engine.evaluate import evaluate
+    from paramloop.engine.gates import run_gates
+    from paramloop.store import open_store
+
+    try:
+        tasks = {t.name: t for t in (load_config(config).values() if config else default_tasks())}
+        if task_type not in tasks:
+            raise ParamloopError(
+                f"--task-type: unknown task type {task_type!r}; configured: {', '.join(tasks)}"
+            )
+        if candidate not in ("snapshot", "learned", "baseline"):
+            raise ParamloopError(
+                f"--candidate: must be snapshot, learned or baseline; got {candidate!r}"
+            )
+        store = open_store(db)
+        try:
+            result = evaluate(
+                store,
+                tasks[task_type],
+                target=cast("Target", candidate),
+                resamples=resamples,
+                min_ess=min_ess,
+            )
+            report = run_gates(
+                store,
+                result,
+                thresholds=GateThresholds(min_decisions=min_decisions, min_ess=min_ess),
+            )
+        finally:
+            store.close()
+    except ParamloopError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _show_report(report, as_json)
+
+
+@gates_app.command(name="show")
+def gates_show(
+    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    task_type: Annotated[
+        str | None, typer.Option("--task-type", "-t", help="Latest report of this task type.")
+    ] = None,
+    report_id: Annotated[int | None, typer.Option("--id", help="A report by id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Show a stored gate report (by id, or the latest of a task type)."""
+    from paramloop.store import open_store
+
+    try:
+        if (task_type is None) == (report_id is None):
+            raise ParamloopError("give exactly one of --task-type and --id")
+        store = open_store(db)
+        try:
+            report = (
+                store.get_gate_report(report_id)
+                if report_id is not None
+                else store.latest_gate_report(str(task_type))
+            )
+        finally:
+            store.close()
+        if report is None:
+            raise ParamloopError(
+                "no such gate report"
+                + (f" (id {report_id})" if report_id is not None else f" for {task_type!r}")
+            )
+    except ParamloopError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    _show_report(report, as_json)
+
+
+@gates_app.command(name="approve")
+def gates_approve(
+    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    report_id: Annotated[int, typer.Option("--id", help="The gate report to approve.")],
+    actor: Annotated[str, typer.Option(help="Who approves.")],
+    reason: Annotated[str, typer.Option(help="Why.")],
+) -> None:
+    """Approve a passed gate report; writes an append-only provenance record."""
+    from paramloop.engine.gates import approve
+    from paramloop.store import open_store
+
+    try:
+        store = open_store(db)
+        try:
+            record = approve(store, report_id, actor=actor, reason=reason)
+        finally:
+            store.close()
+    except ParamloopError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(
+        f"approved gate report {report_id} as provenance record {record.id} by {record.actor}."
+    )
+
+
+def _show_report(report: GateReportRecord, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "id": report.id,
+                    "task_type": report.task_type,
+                    "verdict": report.verdict,
+                    **report.report,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    colour = {"pass": "green", "fail": "red"}.get(report.verdict, "yellow")
+    table = Table(
+        title=f"gate report {report.id} · {report.task_type} · {report.candidate} vs {report.baseline}"
+    )
+    for column in ("gate", "verdict", "reason"):
+        table.add_column(column)
+    for gate in report.report.get("gates", []):
+        shade = {"pass": "green", "fail": "red"}.get(gate["verdict"], "yellow")
+        table.add_row(gate["name"], f"[{shade}]{gate['verdict']}[/]", gate["reason"])
+    console.print(table)
+    console.print(f"verdict: [{colour}]{report.verdict}[/]")
+
+
+def _num(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def main() -> None:

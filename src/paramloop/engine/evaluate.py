@@ -1,0 +1,405 @@
+"""Offline evaluation of a candidate policy from the decision log.
+
+Reads a task type's logged decisions from the store in chunks (memory holds
+per-round numbers, never rows), builds the candidate's and the baseline's
+target distributions on the logged contexts, fits the outcome model with
+cross-fitting, and hands everything to the pure estimators in
+:mod:`paramloop.core.ope`.  Decisions without an outcome are excluded; a task
+type with a ``default_reward`` has them rewarded by :meth:`Optimizer.expire`,
+so they arrive here as ordinary outcomes with ``source="default"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from paramloop.core.ope import (
+    Comparison,
+    Estimate,
+    Estimator,
+    LoggedBandit,
+    compare_all,
+    estimate_all,
+    make_estimator,
+)
+from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
+from paramloop.core.policies.base import FloatArray, IntArray
+from paramloop.engine.config import TaskConfig
+from paramloop.engine.outcome_model import fit_predict
+from paramloop.errors import EvaluationError, InputError
+from paramloop.store.base import DecisionLog
+
+#: The estimators evaluated when none are named.
+DEFAULT_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr", "switch-dr")
+#: The estimator whose paired lower bound decides the improvement gate.
+PRIMARY_ESTIMATOR = "sndr"
+
+Target = Literal["snapshot", "baseline", "learned"]
+
+
+@dataclass(frozen=True)
+class LoggedTask:
+    """A task type's logged rounds as arrays (one row per decision with an outcome)."""
+
+    task_type: str
+    contexts: FloatArray
+    actions: IntArray
+    propensities: FloatArray
+    rewards: FloatArray
+    timestamps: FloatArray
+    explored: npt.NDArray[np.bool_]
+    logged: int
+    without_outcome: int
+    defaulted: int
+    violations: int
+    policies: tuple[str, ...]
+
+    @property
+    def n(self) -> int:
+        return int(self.rewards.shape[0])
+
+    def rows(self, index: IntArray) -> LoggedTask:
+        return LoggedTask(
+            task_type=self.task_type,
+            contexts=self.contexts[index],
+            actions=self.actions[index],
+            propensities=self.propensities[index],
+            rewards=self.rewards[index],
+            timestamps=self.timestamps[index],
+            explored=self.explored[index],
+            logged=len(index),
+            without_outcome=0,
+            defaulted=0,
+            violations=self.violations,
+            policies=self.policies,
+        )
+
+
+def read_log(
+    store: DecisionLog,
+    config: TaskConfig,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    chunk_size: int = 10_000,
+    progress: Callable[[int], None] | None = None,
+) -> LoggedTask:
+    """The logged rounds of ``config``'s task type in ``[start, end)``, streamed in chunks."""
+    contexts: list[FloatArray] = []
+    actions: list[int] = []
+    propensities: list[float] = []
+    rewards: list[float] = []
+    timestamps: list[float] = []
+    explored: list[bool] = []
+    logged = without = defaulted = violations = 0
+    policies: set[str] = set()
+    for chunk in store.iter_logged(config.name, start, end, chunk_size):
+        for decision, recorded in chunk:
+            logged += 1
+            if recorded is None:
+                without += 1
+                continue
+            if not decision.applied:
+                continue
+            defaulted += recorded.source == "default"
+            violations += config.reward.violations(recorded.outcome)
+            policies.add(decision.policy)
+            contexts.append(config.featurizer.transform(decision.context))
+            actions.append(decision.arm)
+            propensities.append(decision.propensity)
+            rewards.append(recorded.reward)
+            timestamps.append(decision.timestamp)
+            explored.append(decision.origin.startswith("bandit:") and decision.propensity < 1.0)
+        if progress is not None:
+            progress(len(chunk))
+    if not rewards:
+        raise EvaluationError(
+            "window",
+            f"no logged decision of task type {config.name!r} with an outcome in the window "
+            f"({logged} decisions, {without} without an outcome)",
+        )
+    return LoggedTask(
+        task_type=config.name,
+        contexts=np.vstack(contexts),
+        actions=np.array(actions, dtype=np.intp),
+        propensities=np.array(propensities),
+        rewards=np.array(rewards),
+        timestamps=np.array(timestamps),
+        explored=np.array(explored, dtype=bool),
+        logged=logged,
+        without_outcome=without,
+        defaulted=defaulted,
+        violations=violations,
+        policies=tuple(sorted(policies)),
+    )
+
+
+def target_distribution(policy: Policy, config: TaskConfig, contexts: FloatArray) -> FloatArray:
+    """(n, K): the distribution the policy would serve each logged context with, floor included.
+
+    Monte Carlo policies draw from a generator seeded per round, as :func:`decide` does.
+    """
+    arms = config.space.feasible_arms
+    exploration = 0.0 if policy.name == "baseline" else config.exploration
+    out = np.zeros((contexts.shape[0], config.space.n_arms))
+    for i, x in enumerate(contexts):
+        rng = (
+            np.random.Generator(np.random.SFC64(derive_seed(i, 0, policy.revision)))
+            if policy.stochastic
+            else None
+        )
+        probs = policy.probabilities(x, arms, rng)
+        out[i, arms] = (1.0 - exploration) * probs + exploration / len(arms)
+    return out
+
+
+def logging_support(config: TaskConfig, log: LoggedTask) -> npt.NDArray[np.bool_]:
+    """(n, K): the arms the logging policy could have chosen in each logged round.
+
+    A bandit decision mixes ``exploration / k`` into every feasible arm, so its
+    support is the feasible set (taken from the *current* configuration: a window
+    spanning a change of the space or trust region is judged by today's); a
+    decision with propensity 1 (baseline, fallback) supports only its own arm.
+    """
+    support = np.zeros((log.n, config.space.n_arms), dtype=bool)
+    if config.exploration > 0.0:
+        support[np.ix_(np.flatnonzero(log.explored), config.space.feasible_arms)] = True
+    support[np.arange(log.n), log.actions] = True
+    return support
+
+
+def baseline_distribution(config: TaskConfig, n: int) -> FloatArray:
+    out = np.zeros((n, config.space.n_arms))
+    out[:, config.space.baseline_arm] = 1.0
+    return out
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The candidate's and the baseline's estimates and their paired differences."""
+
+    task_type: str
+    candidate: str
+    target: Target
+    n: int
+    logged: int
+    without_outcome: int
+    defaulted: int
+    train_rows: int
+    logged_violations: int
+    candidate_violations: int
+    reproducible: tuple[int, int]
+    logging_policies: tuple[str, ...]
+    estimates: tuple[Estimate, ...]
+    baseline: tuple[Estimate, ...]
+    comparisons: tuple[Comparison, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def comparison(self, estimator: str) -> Comparison | None:
+        for comparison in self.comparisons:
+            if comparison.candidate.estimator == estimator:
+                return comparison
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        def estimate(e: Estimate) -> dict[str, Any]:
+            return {k: getattr(e, k) for k in e.__dataclass_fields__}
+
+        return {
+            "task_type": self.task_type,
+            "candidate": self.candidate,
+            "target": self.target,
+            "n": self.n,
+            "logged": self.logged,
+            "without_outcome": self.without_outcome,
+            "defaulted": self.defaulted,
+            "train_rows": self.train_rows,
+            "logged_violations": self.logged_violations,
+            "candidate_violations": self.candidate_violations,
+            "reproducible": list(self.reproducible),
+            "logging_policies": list(self.logging_policies),
+            "estimates": [estimate(e) for e in self.estimates],
+            "baseline": [estimate(e) for e in self.baseline],
+            "comparisons": [
+                {
+                    "estimator": c.candidate.estimator,
+                    "difference": c.difference,
+                    "low": c.low,
+                    "high": c.high,
+                    "lower_bound": c.lower_bound,
+                    "upper_bound": c.upper_bound,
+                    "verdict": c.verdict,
+                }
+                for c in self.comparisons
+            ],
+            "notes": list(self.notes),
+        }
+
+
+def evaluate(
+    store: DecisionLog,
+    config: TaskConfig,
+    *,
+    target: Target = "snapshot",
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    start: float | None = None,
+    end: float | None = None,
+    train_share: float = 0.5,
+    resamples: int = 10_000,
+    alpha: float = 0.05,
+    min_ess: float = 100.0,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> Evaluation:
+    """Estimate a candidate's value against the baseline's from the log of one task type.
+
+    ``target``: ``snapshot`` (the latest policy snapshot in the store),
+    ``baseline`` (the baseline evaluated against itself: a sanity check), or
+    ``learned`` (a fresh policy of the configured kind trained on the oldest
+    ``train_share`` of the window and evaluated on the rest).
+    """
+    if target not in ("snapshot", "baseline", "learned"):
+        raise InputError("target", f"must be snapshot, baseline or learned; got {target!r}")
+    if not 0.0 < train_share < 1.0:
+        raise InputError("train_share", f"must be in (0, 1), got {train_share!r}")
+    chosen = [_estimator(name) for name in estimators]
+    log = read_log(store, config, start=start, end=end, progress=progress)
+    notes: list[str] = []
+    if log.without_outcome:
+        notes.append(f"{log.without_outcome} decisions without an outcome were excluded")
+    if log.defaulted:
+        notes.append(
+            f"{log.defaulted} decisions carry the task's default reward (no outcome arrived in time)"
+        )
+    train_rows = 0
+    if target == "snapshot":
+        snapshot = store.latest_snapshot(config.name)
+        if snapshot is None:
+            raise EvaluationError(
+                "candidate", f"the store holds no policy snapshot of task type {config.name!r}"
+            )
+        policy = restore_policy(snapshot.state, config.design)
+    elif target == "baseline":
+        policy = _baseline_policy(config)
+    else:
+        order = np.argsort(log.timestamps, kind="stable")
+        cut = int(len(order) * train_share)
+        if cut < 1 or cut >= log.n:
+            raise EvaluationError(
+                "train_share", f"leaves no rows to train or to evaluate among {log.n}"
+            )
+        policy = config.new_policy()
+        train = log.rows(order[:cut])
+        for x, arm, reward in zip(train.contexts, train.actions, train.rewards, strict=True):
+            policy.update(x, int(arm), float(reward))
+        log = log.rows(order[cut:])
+        train_rows = cut
+        notes.append(f"trained on the oldest {cut} rounds, evaluated on the newest {log.n}")
+    candidate = target_distribution(policy, config, log.contexts)
+    baseline = baseline_distribution(config, log.n)
+    data = LoggedBandit(
+        log.rewards, log.actions, log.propensities, candidate, support=logging_support(config, log)
+    )
+    predicted = fit_predict(log.contexts, log.actions, log.rewards, config.space.n_arms, rng=seed)
+    rng = np.random.default_rng(seed)
+    estimates = estimate_all(
+        data, chosen, predicted, rng=rng, resamples=resamples, alpha=alpha, min_ess=min_ess
+    )
+    baseline_estimates = estimate_all(
+        data.with_target(baseline),
+        chosen,
+        predicted,
+        rng=rng,
+        resamples=resamples,
+        alpha=alpha,
+        min_ess=min_ess,
+    )
+    comparisons = compare_all(
+        data,
+        candidate,
+        baseline,
+        chosen,
+        predicted,
+        rng=rng,
+        resamples=resamples,
+        alpha=alpha,
+        min_ess=min_ess,
+    )
+    return Evaluation(
+        task_type=config.name,
+        candidate=policy.label,
+        target=target,
+        n=log.n,
+        logged=log.logged,
+        without_outcome=log.without_outcome,
+        defaulted=log.defaulted,
+        train_rows=train_rows,
+        logged_violations=log.violations,
+        candidate_violations=_candidate_violations(policy, config, log.contexts),
+        reproducible=_replay(policy, config, log.contexts),
+        logging_policies=log.policies,
+        estimates=estimates,
+        baseline=baseline_estimates,
+        comparisons=comparisons,
+        notes=tuple(notes),
+    )
+
+
+#: Switch-DR's weight threshold when none is given: above it, a round uses the outcome model alone.
+SWITCH_TAU = 10.0
+
+
+def _estimator(name: str) -> Estimator:
+    """An estimator by name; ``switch-dr`` takes ``:tau`` (``switch-dr:25``), default :data:`SWITCH_TAU`."""
+    base, _, argument = name.partition(":")
+    if base == "switch-dr":
+        try:
+            tau = float(argument) if argument else SWITCH_TAU
+        except ValueError:
+            raise InputError(
+                "estimators", f"switch-dr:<tau> needs a number, got {argument!r}"
+            ) from None
+        return make_estimator(base, tau=tau)
+    if argument:
+        raise InputError("estimators", f"{base} takes no argument, got {name!r}")
+    return make_estimator(base)
+
+
+def _baseline_policy(config: TaskConfig) -> Policy:
+    from paramloop.core.policies import make_policy
+
+    return make_policy("baseline", config.design)
+
+
+def _candidate_violations(
+    policy: Policy, config: TaskConfig, contexts: FloatArray, sample: int = 200
+) -> int:
+    """Recommendations of the candidate on logged contexts that break the space's constraints."""
+    arms = config.space.feasible_arms
+    bad = 0
+    for i, x in enumerate(contexts[:sample]):
+        choice = decide(
+            policy, x, arms, derive_seed(i, 1, policy.revision), config.effective_exploration
+        )
+        bad += not config.space.satisfies(config.space.params(choice.arm))
+    return bad
+
+
+def _replay(
+    policy: Policy, config: TaskConfig, contexts: FloatArray, sample: int = 100
+) -> tuple[int, int]:
+    """Same seed, context and revision twice: how many of ``sample`` decisions agree."""
+    arms = config.space.feasible_arms
+    matches = 0
+    rows = contexts[:sample]
+    for i, x in enumerate(rows):
+        seed = derive_seed(i, 2, policy.revision)
+        first = decide(policy, x, arms, seed, config.effective_exploration)
+        again = decide(policy, x, arms, seed, config.effective_exploration)
+        matches += first == again
+    return matches, len(rows)
