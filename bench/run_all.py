@@ -68,6 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", help="comma-separated script names")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="a folder of <script>.json results from earlier runs: render those, run the rest",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     sections = []
