@@ -22,6 +22,7 @@ from paramloop.errors import ConfigError, FeatureError
 from paramloop.types import Context, FeatureValue
 
 FloatArray = npt.NDArray[np.float64]
+_log1p = math.log1p
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,10 @@ class NumericFeature:
         return 1
 
     def validate(self, value: object) -> FeatureValue:
+        if (
+            type(value) is int and value >= self.lower
+        ):  # the common case, checked first: exact ints are finite
+            return value if self.integer else float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "an integer" if self.integer else "a number"
             raise FeatureError(self.name, f"must be {kind}, got {type(value).__name__} {value!r}")
@@ -63,8 +68,9 @@ class NumericFeature:
         return int(value) if self.integer else float(value)
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
-        v = float(value) - self.lower  # type: ignore[arg-type]
-        out.append(min((math.log1p(v) if self.scale == "log" else v) / self._span, 1.0))
+        v = value - self.lower  # type: ignore[operator]
+        scaled = (_log1p(v) if self.scale == "log" else v) / self._span
+        out.append(scaled if scaled < 1.0 else 1.0)
 
 
 @dataclass(frozen=True, slots=True)
