@@ -220,15 +220,7 @@ def evaluate_command(
     from paramloop.store import open_store
 
     try:
-        tasks = {t.name: t for t in (load_config(config).values() if config else default_tasks())}
-        if task_type not in tasks:
-            raise ParamloopError(
-                f"--task-type: unknown task type {task_type!r}; configured: {', '.join(tasks)}"
-            )
-        if candidate not in ("snapshot", "learned", "baseline"):
-            raise ParamloopError(
-                f"--candidate: must be snapshot, learned or baseline; got {candidate!r}"
-            )
+        task = _evaluated_task(config, task_type, candidate)
         store = open_store(db)
         try:
             with Progress(
@@ -242,7 +234,7 @@ def evaluate_command(
                 job = bar.add_task("rows", total=store.count_decisions(task_type))
                 result = evaluate(
                     store,
-                    tasks[task_type],
+                    task,
                     target=cast("Target", candidate),
                     estimators=[e.strip() for e in estimators.split(",") if e.strip()],
                     start=since,
@@ -324,20 +316,12 @@ def gates_run(
     from paramloop.store import open_store
 
     try:
-        tasks = {t.name: t for t in (load_config(config).values() if config else default_tasks())}
-        if task_type not in tasks:
-            raise ParamloopError(
-                f"--task-type: unknown task type {task_type!r}; configured: {', '.join(tasks)}"
-            )
-        if candidate not in ("snapshot", "learned", "baseline"):
-            raise ParamloopError(
-                f"--candidate: must be snapshot, learned or baseline; got {candidate!r}"
-            )
+        task = _evaluated_task(config, task_type, candidate)
         store = open_store(db)
         try:
             result = evaluate(
                 store,
-                tasks[task_type],
+                task,
                 target=cast("Target", candidate),
                 resamples=resamples,
                 min_ess=min_ess,
@@ -441,6 +425,20 @@ def _show_report(report: GateReportRecord, as_json: bool) -> None:
         table.add_row(gate["name"], f"[{shade}]{gate['verdict']}[/]", gate["reason"])
     console.print(table)
     console.print(f"verdict: [{colour}]{report.verdict}[/]")
+
+
+def _evaluated_task(config: Path | None, task_type: str, candidate: str) -> TaskConfig:
+    """The task configuration to evaluate, after checking the task type and the candidate kind."""
+    tasks = {t.name: t for t in (load_config(config).values() if config else default_tasks())}
+    if task_type not in tasks:
+        raise ParamloopError(
+            f"--task-type: unknown task type {task_type!r}; configured: {', '.join(tasks)}"
+        )
+    if candidate not in ("snapshot", "learned", "baseline"):
+        raise ParamloopError(
+            f"--candidate: must be snapshot, learned or baseline; got {candidate!r}"
+        )
+    return tasks[task_type]
 
 
 def _num(value: float | None, *, signed: bool = False) -> str:
