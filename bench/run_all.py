@@ -105,8 +105,25 @@ def main() -> None:
         "50,000 rounds ≤ Vowpal Wabbit squarecb's; policy state ≤ 50 KB per task type (64 arms × 16 features) "
         "and ≤ 200 MB RSS for 1,000 task types.\n\n"
     )
-    DOCS.write_text(header + "\n".join(sections))
+    DOCS.write_text(header + _kept_summary() + "\n".join(sections))
     print(f"wrote {DOCS}")
+
+
+SUMMARY_START, SUMMARY_END = "<!-- summary -->", "<!-- /summary -->"
+
+
+def _kept_summary() -> str:
+    """The hand-written summary block of the current page (between the markers), kept as it is.
+
+    It reads the figures against the targets; update it when the figures move.
+    """
+    if not DOCS.exists():
+        return ""
+    text = DOCS.read_text()
+    start, end = text.find(SUMMARY_START), text.find(SUMMARY_END)
+    if start < 0 or end < start:
+        return ""
+    return text[start : end + len(SUMMARY_END)] + "\n\n"
 
 
 if __name__ == "__main__":
