@@ -186,7 +186,6 @@ def _render(report: SimulationReport, rounds: int, db: str | None) -> None:
 
 @app.command(name="evaluate")
 def evaluate_command(
-    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
     task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to evaluate.")],
     candidate: Annotated[
         str,
@@ -214,14 +213,30 @@ def evaluate_command(
         int, typer.Option(min=0, help="Seed of the bootstrap and the outcome model's folds.")
     ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
+    db: Annotated[
+        str | None, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")
+    ] = None,
+    from_jsonl: Annotated[
+        Path | None,
+        typer.Option(help="Read the log from a `paramloop export` file instead of --db."),
+    ] = None,
 ) -> None:
     """Estimate a candidate policy's value against the baseline's, from the decision log alone."""
     from paramloop.engine.evaluate import evaluate
+    from paramloop.engine.export import read_jsonl
     from paramloop.store import open_store
+    from paramloop.store.memory import MemoryDecisionLog
 
     try:
         task = _evaluated_task(config, task_type, candidate)
-        store = open_store(db)
+        if (db is None) == (from_jsonl is None):
+            raise ParamloopError("give exactly one of --db and --from-jsonl")
+        if from_jsonl is not None and candidate == "snapshot":
+            raise ParamloopError(
+                "--from-jsonl holds no policy snapshot: use --candidate learned or baseline"
+            )
+        store = open_store(db) if db is not None else MemoryDecisionLog()
+        rows = read_jsonl(from_jsonl, task_type) if from_jsonl is not None else None
         try:
             with Progress(
                 TextColumn("[bold]reading the log"),
@@ -231,7 +246,9 @@ def evaluate_command(
                 disable=as_json or not errors.is_terminal,
                 transient=True,
             ) as bar:
-                job = bar.add_task("rows", total=store.count_decisions(task_type))
+                job = bar.add_task(
+                    "rows", total=store.count_decisions(task_type) if rows is None else None
+                )
                 result = evaluate(
                     store,
                     task,
@@ -243,6 +260,7 @@ def evaluate_command(
                     min_ess=min_ess,
                     seed=seed,
                     progress=lambda n: bar.advance(job, n),
+                    rows=rows,
                 )
         finally:
             store.close()
@@ -283,6 +301,32 @@ def evaluate_command(
     unsupported = [b for b in result.baseline if b.support != "ok"]
     if unsupported:
         console.print(f"baseline: no estimate ({unsupported[0].reason}).")
+
+
+@app.command(name="export")
+def export_command(
+    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to export.")],
+    out: Annotated[Path, typer.Option(help="The JSON Lines file to write.")],
+    since: Annotated[float | None, typer.Option(help="Window start, epoch seconds.")] = None,
+    until: Annotated[
+        float | None, typer.Option(help="Window end (exclusive), epoch seconds.")
+    ] = None,
+) -> None:
+    """Export a task type's logged decisions and outcomes as JSON Lines (for paramloop evaluate --from-jsonl)."""
+    from paramloop.engine.export import export_jsonl
+    from paramloop.store import open_store
+
+    try:
+        store = open_store(db)
+        try:
+            count = export_jsonl(store, task_type, out, start=since, end=until)
+        finally:
+            store.close()
+    except ParamloopError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"exported {count} decisions of {task_type!r} to {out}.")
 
 
 gates_app = typer.Typer(

@@ -11,7 +11,7 @@ so they arrive here as ordinary outcomes with ``source="default"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,7 +32,7 @@ from paramloop.core.policies.base import FloatArray, IntArray
 from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import fit_predict
 from paramloop.errors import EvaluationError, InputError
-from paramloop.store.base import DecisionLog
+from paramloop.store.base import DecisionLog, LoggedRow
 
 #: The estimators evaluated when none are named.
 DEFAULT_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr", "switch-dr")
@@ -81,15 +81,20 @@ class LoggedTask:
 
 
 def read_log(
-    store: DecisionLog,
+    store: DecisionLog | None,
     config: TaskConfig,
     *,
     start: float | None = None,
     end: float | None = None,
     chunk_size: int = 10_000,
     progress: Callable[[int], None] | None = None,
+    rows: Iterable[list[LoggedRow]] | None = None,
 ) -> LoggedTask:
-    """The logged rounds of ``config``'s task type in ``[start, end)``, streamed in chunks."""
+    """The logged rounds of ``config``'s task type in ``[start, end)``, streamed in chunks.
+
+    ``rows`` reads chunks from elsewhere (e.g. :func:`paramloop.engine.export.read_jsonl`)
+    instead of ``store``; the window still applies.
+    """
     contexts: list[FloatArray] = []
     actions: list[int] = []
     propensities: list[float] = []
@@ -98,8 +103,16 @@ def read_log(
     explored: list[bool] = []
     logged = without = defaulted = violations = 0
     policies: set[str] = set()
-    for chunk in store.iter_logged(config.name, start, end, chunk_size):
+    if rows is None:
+        if store is None:
+            raise InputError("store", "give a store or rows to read the log from")
+        rows = store.iter_logged(config.name, start, end, chunk_size)
+    for chunk in rows:
         for decision, recorded in chunk:
+            if (start is not None and decision.timestamp < start) or (
+                end is not None and decision.timestamp >= end
+            ):
+                continue
             logged += 1
             if recorded is None:
                 without += 1
@@ -242,7 +255,7 @@ class Evaluation:
 
 
 def evaluate(
-    store: DecisionLog,
+    store: DecisionLog | None,
     config: TaskConfig,
     *,
     target: Target = "snapshot",
@@ -255,6 +268,7 @@ def evaluate(
     min_ess: float = 100.0,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    rows: Iterable[list[LoggedRow]] | None = None,
 ) -> Evaluation:
     """Estimate a candidate's value against the baseline's from the log of one task type.
 
@@ -268,7 +282,7 @@ def evaluate(
     if not 0.0 < train_share < 1.0:
         raise InputError("train_share", f"must be in (0, 1), got {train_share!r}")
     chosen = [_estimator(name) for name in estimators]
-    log = read_log(store, config, start=start, end=end, progress=progress)
+    log = read_log(store, config, start=start, end=end, progress=progress, rows=rows)
     notes: list[str] = []
     if log.without_outcome:
         notes.append(f"{log.without_outcome} decisions without an outcome were excluded")
@@ -278,7 +292,7 @@ def evaluate(
         )
     train_rows = 0
     if target == "snapshot":
-        snapshot = store.latest_snapshot(config.name)
+        snapshot = None if store is None else store.latest_snapshot(config.name)
         if snapshot is None:
             raise EvaluationError(
                 "candidate", f"the store holds no policy snapshot of task type {config.name!r}"
