@@ -294,3 +294,20 @@ def test_cli_gates(tmp_path: Path) -> None:
         assert refused.returncode == 2 and "only a passed report can be approved" in " ".join(
             refused.stderr.split()
         )
+
+
+def test_a_log_from_another_parameter_space_is_refused(exploring: MemoryDecisionLog) -> None:
+    """Logged arm indices outside the configured space (the space shrank) name the rows at fault."""
+    from paramloop.engine import task
+    from paramloop.types import Params
+
+    small = task(
+        TASK,
+        baseline=Params("gpt-large", temperature=0.5, max_tokens=512, top_p=0.9),
+        grids={"temperature": [0.4, 0.5]},
+        exploration=0.5,
+    )
+    with pytest.raises(
+        EvaluationError, match=r"arms: \d+ logged decisions name an arm the configured space"
+    ):
+        evaluate(exploring, small, target="baseline", resamples=100)

@@ -12,7 +12,7 @@ so they arrive here as ordinary outcomes with ``source="default"``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +33,7 @@ from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import fit_predict
 from paramloop.errors import EvaluationError, InputError
 from paramloop.store.base import DecisionLog, LoggedRow
+from paramloop.types import Decision
 
 #: The estimators evaluated when none are named.
 DEFAULT_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr", "switch-dr")
@@ -102,6 +103,7 @@ def read_log(
     timestamps: list[float] = []
     explored: list[bool] = []
     logged = without = defaulted = violations = 0
+    mismatched: list[str] = []
     policies: set[str] = set()
     if rows is None:
         if store is None:
@@ -119,6 +121,9 @@ def read_log(
                 continue
             if not decision.applied:
                 continue
+            if not _same_arm(config, decision):
+                mismatched.append(decision.request_id)
+                continue
             defaulted += recorded.source == "default"
             violations += config.reward.violations(recorded.outcome)
             policies.add(decision.policy)
@@ -130,6 +135,12 @@ def read_log(
             explored.append(decision.origin.startswith("bandit:") and decision.propensity < 1.0)
         if progress is not None:
             progress(len(chunk))
+    if mismatched:
+        raise EvaluationError(
+            "arms",
+            f"{len(mismatched)} logged decisions name an arm the configured space of {config.name!r} does not "
+            f"have (the space changed since they were logged); first request ids: {', '.join(mismatched[:5])}",
+        )
     if not rewards:
         raise EvaluationError(
             "window",
@@ -149,6 +160,14 @@ def read_log(
         defaulted=defaulted,
         violations=violations,
         policies=tuple(sorted(policies)),
+    )
+
+
+def _same_arm(config: TaskConfig, decision: Decision) -> bool:
+    """Whether the decision's arm index means the same parameters in today's space."""
+    arms = config.space.arms
+    return (
+        0 <= decision.arm < len(arms) and replace(decision.params, seed=None) == arms[decision.arm]
     )
 
 
