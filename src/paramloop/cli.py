@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
@@ -70,7 +72,7 @@ def simulate_command(
 ) -> None:
     """Run the whole loop on simulated LLM traffic and report what it learned, per task type."""
     world = World()
-    try:
+    with _reported():
         tasks = _tasks(config, policy, exploration, task_type, world)
         store = _store(db)
         optimizer = Optimizer(tasks, store)
@@ -94,9 +96,6 @@ def simulate_command(
                 progress=lambda n: bar.advance(job, n),
             )
         optimizer.close()
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     if as_json:
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
@@ -227,7 +226,7 @@ def evaluate_command(
     from paramloop.store import open_store
     from paramloop.store.memory import MemoryDecisionLog
 
-    try:
+    with _reported():
         task = _evaluated_task(config, task_type, candidate)
         if (db is None) == (from_jsonl is None):
             raise ParamloopError("give exactly one of --db and --from-jsonl")
@@ -264,9 +263,6 @@ def evaluate_command(
                 )
         finally:
             store.close()
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     if as_json:
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
@@ -317,15 +313,12 @@ def export_command(
     from paramloop.engine.export import export_jsonl
     from paramloop.store import open_store
 
-    try:
+    with _reported():
         store = open_store(db)
         try:
             count = export_jsonl(store, task_type, out, start=since, end=until)
         finally:
             store.close()
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     console.print(f"exported {count} decisions of {task_type!r} to {out}.")
 
 
@@ -359,7 +352,7 @@ def gates_run(
     from paramloop.engine.gates import run_gates
     from paramloop.store import open_store
 
-    try:
+    with _reported():
         task = _evaluated_task(config, task_type, candidate)
         store = open_store(db)
         try:
@@ -377,9 +370,6 @@ def gates_run(
             )
         finally:
             store.close()
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     _show_report(report, as_json)
 
 
@@ -395,7 +385,7 @@ def gates_show(
     """Show a stored gate report (by id, or the latest of a task type)."""
     from paramloop.store import open_store
 
-    try:
+    with _reported():
         if (task_type is None) == (report_id is None):
             raise ParamloopError("give exactly one of --task-type and --id")
         store = open_store(db)
@@ -412,9 +402,6 @@ def gates_show(
                 "no such gate report"
                 + (f" (id {report_id})" if report_id is not None else f" for {task_type!r}")
             )
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     _show_report(report, as_json)
 
 
@@ -429,15 +416,12 @@ def gates_approve(
     from paramloop.engine.gates import approve
     from paramloop.store import open_store
 
-    try:
+    with _reported():
         store = open_store(db)
         try:
             record = approve(store, report_id, actor=actor, reason=reason)
         finally:
             store.close()
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
     console.print(
         f"approved gate report {report_id} as provenance record {record.id} by {record.actor}."
     )
@@ -469,6 +453,16 @@ def _show_report(report: GateReportRecord, as_json: bool) -> None:
         table.add_row(gate["name"], f"[{shade}]{gate['verdict']}[/]", gate["reason"])
     console.print(table)
     console.print(f"verdict: [{colour}]{report.verdict}[/]")
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """Turn a paramloop error into its message on stderr and exit status 2 (usage errors)."""
+    try:
+        yield
+    except ParamloopError as exc:
+        errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
 
 
 def _evaluated_task(config: Path | None, task_type: str, candidate: str) -> TaskConfig:

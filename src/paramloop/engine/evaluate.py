@@ -24,10 +24,9 @@ from paramloop.core.ope import (
     Estimator,
     LoggedBandit,
     compare_all,
-    estimate_all,
     make_estimator,
 )
-from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
+from paramloop.core.policies import Policy, decide, derive_seed, make_policy, restore_policy
 from paramloop.core.policies.base import FloatArray, IntArray
 from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import fit_predict
@@ -340,18 +339,7 @@ def evaluate(
     )
     predicted = fit_predict(log.contexts, log.actions, log.rewards, config.space.n_arms, rng=seed)
     rng = np.random.default_rng(seed)
-    estimates = estimate_all(
-        data, chosen, predicted, rng=rng, resamples=resamples, alpha=alpha, min_ess=min_ess
-    )
-    baseline_estimates = estimate_all(
-        data.with_target(baseline),
-        chosen,
-        predicted,
-        rng=rng,
-        resamples=resamples,
-        alpha=alpha,
-        min_ess=min_ess,
-    )
+    # One paired bootstrap gives both sides' estimates and their difference.
     comparisons = compare_all(
         data,
         candidate,
@@ -376,8 +364,8 @@ def evaluate(
         candidate_violations=_candidate_violations(policy, config, log.contexts),
         reproducible=_replay(policy, config, log.contexts),
         logging_policies=log.policies,
-        estimates=estimates,
-        baseline=baseline_estimates,
+        estimates=tuple(c.candidate for c in comparisons),
+        baseline=tuple(c.baseline for c in comparisons),
         comparisons=comparisons,
         notes=tuple(notes),
     )
@@ -404,8 +392,6 @@ def _estimator(name: str) -> Estimator:
 
 
 def _baseline_policy(config: TaskConfig) -> Policy:
-    from paramloop.core.policies import make_policy
-
     return make_policy("baseline", config.design)
 
 
