@@ -11,7 +11,7 @@ import pytest
 
 from paramloop.engine import Optimizer
 from paramloop.engine.evaluate import evaluate
-from paramloop.engine.export import export_jsonl, read_jsonl
+from paramloop.engine.export import evaluation_rows, export_jsonl, read_jsonl
 from paramloop.errors import InputError
 from paramloop.sim.run import simulate
 from paramloop.sim.tasks import default_tasks
@@ -53,7 +53,9 @@ def test_evaluation_from_the_export_equals_evaluation_from_the_store(
     export_jsonl(store, TASK, path)
     config = default_tasks(task_types=[TASK], exploration=0.5)[0]
     direct = evaluate(store, config, target="learned", resamples=300)
-    from_file = evaluate(None, config, target="learned", resamples=300, rows=read_jsonl(path, TASK))
+    from_file = evaluate(
+        None, config, target="learned", resamples=300, rows=evaluation_rows(read_jsonl(path, TASK))
+    )
     assert from_file.to_dict() == direct.to_dict()
     assert any("without an outcome" in note for note in from_file.notes)
 

@@ -62,6 +62,39 @@ def test_encoding_is_deterministic_and_bounded() -> None:
     assert fp == fingerprint(context)
 
 
+_RAW_CONTEXTS = st.fixed_dictionaries(
+    {},
+    optional={
+        "risk_tier": st.sampled_from(["low", "medium", "high"]),
+        "title_length": st.integers(0, 10**6),
+        "prompt_tokens": st.integers(0, 10**9),
+        "description_length": st.integers(0, 10**5),
+        "complexity_indicators": st.lists(st.text(max_size=3), max_size=4) | st.integers(0, 10**4),
+        "has_external_deps": st.booleans(),
+        "model_name": st.sampled_from(["gpt-small", "gpt-large", "other"]),
+        "prior_failures": st.integers(0, 50),
+    },
+)
+
+
+@given(st.lists(_RAW_CONTEXTS, min_size=1, max_size=20))
+def test_batch_transform_matches_row_by_row(raws: list[dict[str, object]]) -> None:
+    contexts = [FEATURIZER.featurize(raw)[0] for raw in raws]
+    rows = np.array([FEATURIZER.transform(c) for c in contexts])
+    # JSON gives lists where the log holds tuples: both encode alike.
+    as_read = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.items()} for c in contexts]
+    # numpy's log1p may differ from the C library's in the last bit.
+    np.testing.assert_allclose(FEATURIZER.transform_many(as_read), rows, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(FEATURIZER.transform_many(contexts), rows, rtol=1e-14, atol=0)
+
+
+def test_batch_transform_names_a_feature_the_log_lacks() -> None:
+    context = FEATURIZER.featurize({})[0]
+    del context["prior_failures"]
+    with pytest.raises(FeatureError, match=r"'prior_failures'.*1 of 2 contexts"):
+        FEATURIZER.transform_many([FEATURIZER.featurize({})[0], context])
+
+
 @given(st.integers(0, 10**6), st.integers(0, 10**6))
 def test_fingerprint_is_stable_and_distinguishes(a: int, b: int) -> None:
     fa = FEATURIZER.featurize({"prompt_tokens": a})[2]

@@ -66,6 +66,39 @@ def test_probabilities_sum_to_one_over_feasible_subsets(policy: Policy) -> None:
         assert probs.sum() == pytest.approx(1.0, abs=1e-12)
 
 
+def test_batch_probabilities_match_row_by_row(policy: Policy) -> None:
+    train(policy, 80)
+    rng = np.random.default_rng(3)
+    X = np.array([context(rng) for _ in range(40)])
+    for subset in (np.arange(12), np.array([1, 4, 9])):
+
+        def rngs(i: int) -> np.random.Generator:
+            return np.random.default_rng(1000 + i)
+
+        batch = policy.probabilities_many(X, subset, rngs if policy.stochastic else None)
+        rows = [policy.probabilities(x, subset, rngs(i)) for i, x in enumerate(X)]
+        # A closed form over the batch sums in another order: equal to rounding.
+        np.testing.assert_allclose(batch, np.array(rows), rtol=0, atol=1e-9)
+    if policy.stochastic:
+        with pytest.raises(ValueError, match="rngs"):
+            policy.probabilities_many(X, subset)
+
+
+def test_linucb_batch_moments_match_the_projection() -> None:
+    policy = LinUCB(design())
+    train(policy, 200)
+    rng = np.random.default_rng(4)
+    X = np.array([context(rng) for _ in range(30)])
+    arms = np.arange(12)
+    mean, width = policy.moments_many(X, arms)
+    for i, x in enumerate(X):
+        m, w, _, _ = policy.moments(x, arms)
+        np.testing.assert_allclose(mean[i], m, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(width[i], w, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        policy.moments_many(X[:, :2], arms)
+
+
 @pytest.mark.parametrize("exploration", [0.0, 0.05, 0.5, 1.0])
 def test_decide_respects_floor_and_logs_exact_propensity(
     policy: Policy, exploration: float

@@ -222,7 +222,7 @@ def evaluate_command(
 ) -> None:
     """Estimate a candidate policy's value against the baseline's, from the decision log alone."""
     from paramloop.engine.evaluate import evaluate
-    from paramloop.engine.export import read_jsonl
+    from paramloop.engine.export import evaluation_rows, read_jsonl
     from paramloop.store import open_store
     from paramloop.store.memory import MemoryDecisionLog
 
@@ -235,7 +235,9 @@ def evaluate_command(
                 "--from-jsonl holds no policy snapshot: use --candidate learned or baseline"
             )
         store = open_store(db) if db is not None else MemoryDecisionLog()
-        rows = read_jsonl(from_jsonl, task_type) if from_jsonl is not None else None
+        rows = (
+            evaluation_rows(read_jsonl(from_jsonl, task_type)) if from_jsonl is not None else None
+        )
         try:
             with Progress(
                 TextColumn("[bold]reading the log"),

@@ -72,6 +72,11 @@ class NumericFeature:
         scaled = (_log1p(v) if self.scale == "log" else v) / self._span
         out.append(scaled if scaled < 1.0 else 1.0)
 
+    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+        v = np.array(values, dtype=np.float64) - self.lower
+        scaled = (np.log1p(v) if self.scale == "log" else v) / self._span
+        return np.minimum(scaled, 1.0)[:, None]
+
 
 @dataclass(frozen=True, slots=True)
 class BoolFeature:
@@ -93,6 +98,9 @@ class BoolFeature:
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
         out.append(1.0 if value else 0.0)
+
+    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+        return np.array(values, dtype=bool).astype(np.float64)[:, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +133,13 @@ class CountFeature:
         count = len(value) if isinstance(value, tuple) else float(value)
         out.append(min(math.log1p(count) / math.log1p(self.cap), 1.0))
 
+    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+        # A list from JSON counts like the tuple it was logged as.
+        counts = np.array(
+            [len(v) if isinstance(v, tuple | list) else v for v in values], dtype=np.float64
+        )
+        return np.minimum(np.log1p(counts) / math.log1p(self.cap), 1.0)[:, None]
+
 
 @dataclass(frozen=True, slots=True)
 class CategoricalFeature:
@@ -150,6 +165,14 @@ class CategoricalFeature:
     def encode(self, value: FeatureValue, out: list[float]) -> None:
         for level in self.levels:
             out.append(1.0 if value == level else 0.0)
+
+    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+        column = {level: i for i, level in enumerate(self.levels)}
+        index = np.array([column.get(v, -1) for v in values], dtype=np.intp)  # type: ignore[arg-type]
+        out = np.zeros((len(values), len(self.levels)))
+        known = np.flatnonzero(index >= 0)
+        out[known, index[known]] = 1.0
+        return out
 
 
 Feature = NumericFeature | BoolFeature | CountFeature | CategoricalFeature
@@ -243,6 +266,29 @@ class Featurizer:
         for feature in self.features:
             feature.encode(context[feature.name], out)
         return np.array(out, dtype=np.float64)
+
+    def transform_many(self, contexts: Sequence[Context]) -> FloatArray:
+        """The (n, dim) vectors of already validated contexts, one feature column at a time.
+
+        The same numbers as :meth:`transform` row by row (up to the last bit of
+        a logarithm: numpy's and the C library's may differ there), ~20× faster
+        on large batches.  A context without one of the features raises
+        :class:`FeatureError` naming it and how many contexts lack it.
+        """
+        columns = [np.ones((len(contexts), 1))]
+        for feature in self.features:
+            name = feature.name
+            try:
+                values = [context[name] for context in contexts]
+            except KeyError:
+                missing = sum(name not in context for context in contexts)
+                raise FeatureError(
+                    name,
+                    f"is missing from {missing} of {len(contexts)} contexts (was it declared "
+                    "after they were logged?)",
+                ) from None
+            columns.append(feature.encode_column(values))
+        return np.hstack(columns)
 
     def featurize(
         self, raw: Mapping[str, object]

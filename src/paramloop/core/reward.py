@@ -19,8 +19,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
+
 from paramloop.errors import ConfigError, OutcomeError
 from paramloop.types import Outcome
+
+FloatArray = npt.NDArray[np.float64]
 
 #: The range every reward lies in.
 REWARD_RANGE = (0.0, 1.0)
@@ -129,6 +134,20 @@ class RewardFunction:
             count += 1
         if self.max_cost is not None and (outcome.cost or 0.0) > self.max_cost:
             count += 1
+        return count
+
+    def count_violations(
+        self, latency_ms: FloatArray, total_tokens: FloatArray, cost: FloatArray
+    ) -> int:
+        """:meth:`violations` summed over many outcomes given as columns (NaN where missing)."""
+        count = 0
+        for column, limit in (
+            (latency_ms, self.max_latency_ms),
+            (total_tokens, self.max_tokens),
+            (cost, self.max_cost),
+        ):
+            if limit is not None:
+                count += int(np.count_nonzero(np.nan_to_num(column, nan=0.0) > limit))
         return count
 
 

@@ -11,6 +11,7 @@ so they arrive here as ordinary outcomes with ``source="default"``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -30,9 +31,9 @@ from paramloop.core.policies import Policy, decide, derive_seed, make_policy, re
 from paramloop.core.policies.base import FloatArray, IntArray
 from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import fit_predict
-from paramloop.errors import EvaluationError, InputError
-from paramloop.store.base import DecisionLog, LoggedRow
-from paramloop.types import Decision
+from paramloop.errors import EvaluationError, FeatureError, InputError
+from paramloop.store.base import DecisionLog, EvaluationRow
+from paramloop.types import Params
 
 #: The estimators evaluated when none are named.
 DEFAULT_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr", "switch-dr")
@@ -86,61 +87,40 @@ def read_log(
     *,
     start: float | None = None,
     end: float | None = None,
-    chunk_size: int = 10_000,
+    chunk_size: int = 50_000,
     progress: Callable[[int], None] | None = None,
-    rows: Iterable[list[LoggedRow]] | None = None,
+    rows: Iterable[list[EvaluationRow]] | None = None,
 ) -> LoggedTask:
     """The logged rounds of ``config``'s task type in ``[start, end)``, streamed in chunks.
 
-    ``rows`` reads chunks from elsewhere (e.g. :func:`paramloop.engine.export.read_jsonl`)
-    instead of ``store``; the window still applies.
+    ``rows`` reads chunks from elsewhere (an export: :func:`paramloop.engine.export.read_parquet`,
+    or :func:`~paramloop.engine.export.read_jsonl` through
+    :func:`~paramloop.engine.export.evaluation_rows`) instead of ``store``; the
+    window still applies.  Each chunk is turned into columns at once: a context
+    logged many times is parsed and featurized once, and no object is built per row.
     """
-    contexts: list[FloatArray] = []
-    actions: list[int] = []
-    propensities: list[float] = []
-    rewards: list[float] = []
-    timestamps: list[float] = []
-    explored: list[bool] = []
-    logged = without = defaulted = violations = 0
-    mismatched: list[str] = []
-    policies: set[str] = set()
     if rows is None:
         if store is None:
             raise InputError("store", "give a store or rows to read the log from")
-        rows = store.iter_logged(config.name, start, end, chunk_size)
+        rows = store.iter_evaluation_rows(config.name, start, end, chunk_size)
+    parts: list[_Chunk] = []
+    logged = without = 0
     for chunk in rows:
-        for decision, recorded in chunk:
-            if (start is not None and decision.timestamp < start) or (
-                end is not None and decision.timestamp >= end
-            ):
-                continue
-            logged += 1
-            if recorded is None:
-                without += 1
-                continue
-            if not decision.applied:
-                continue
-            if not _same_arm(config, decision):
-                mismatched.append(decision.request_id)
-                continue
-            defaulted += recorded.source == "default"
-            violations += config.reward.violations(recorded.outcome)
-            policies.add(decision.policy)
-            contexts.append(config.featurizer.transform(decision.context))
-            actions.append(decision.arm)
-            propensities.append(decision.propensity)
-            rewards.append(recorded.reward)
-            timestamps.append(decision.timestamp)
-            explored.append(decision.origin.startswith("bandit:") and decision.propensity < 1.0)
+        if chunk:
+            part = _read_chunk(config, chunk, start, end)
+            logged += part.logged
+            without += part.without_outcome
+            parts.append(part)
         if progress is not None:
             progress(len(chunk))
+    mismatched = [request_id for part in parts for request_id in part.mismatched]
     if mismatched:
         raise EvaluationError(
             "arms",
             f"{len(mismatched)} logged decisions name an arm the configured space of {config.name!r} does not "
             f"have (the space changed since they were logged); first request ids: {', '.join(mismatched[:5])}",
         )
-    if not rewards:
+    if not any(part.rewards.size for part in parts):
         raise EvaluationError(
             "window",
             f"no logged decision of task type {config.name!r} with an outcome in the window "
@@ -148,44 +128,161 @@ def read_log(
         )
     return LoggedTask(
         task_type=config.name,
-        contexts=np.vstack(contexts),
-        actions=np.array(actions, dtype=np.intp),
-        propensities=np.array(propensities),
-        rewards=np.array(rewards),
-        timestamps=np.array(timestamps),
-        explored=np.array(explored, dtype=bool),
+        contexts=np.vstack([part.contexts for part in parts]),
+        actions=np.concatenate([part.actions for part in parts]),
+        propensities=np.concatenate([part.propensities for part in parts]),
+        rewards=np.concatenate([part.rewards for part in parts]),
+        timestamps=np.concatenate([part.timestamps for part in parts]),
+        explored=np.concatenate([part.explored for part in parts]),
         logged=logged,
         without_outcome=without,
-        defaulted=defaulted,
-        violations=violations,
-        policies=tuple(sorted(policies)),
+        defaulted=sum(part.defaulted for part in parts),
+        violations=sum(part.violations for part in parts),
+        policies=tuple(sorted({name for part in parts for name in part.policies})),
     )
 
 
-def _same_arm(config: TaskConfig, decision: Decision) -> bool:
-    """Whether the decision's arm index means the same parameters in today's space."""
-    arms = config.space.arms
+@dataclass(frozen=True)
+class _Chunk:
+    """One chunk of the log, as the columns evaluation keeps."""
+
+    contexts: FloatArray
+    actions: IntArray
+    propensities: FloatArray
+    rewards: FloatArray
+    timestamps: FloatArray
+    explored: npt.NDArray[np.bool_]
+    logged: int
+    without_outcome: int
+    defaulted: int
+    violations: int
+    policies: frozenset[str]
+    mismatched: list[str]
+
+
+def _read_chunk(
+    config: TaskConfig, chunk: list[EvaluationRow], start: float | None, end: float | None
+) -> _Chunk:
+    (
+        request_ids,
+        timestamps,
+        arms,
+        params,
+        propensities,
+        contexts,
+        policies,
+        origins,
+        applied,
+        rewards,
+        sources,
+        latency,
+        prompt_tokens,
+        completion_tokens,
+        cost,
+    ) = zip(*chunk, strict=True)
+    ts = np.array(timestamps, dtype=np.float64)
+    in_window = np.ones(len(chunk), dtype=bool)
+    if start is not None:
+        in_window &= ts >= start
+    if end is not None:
+        in_window &= ts < end
+    has_outcome = np.array([source is not None for source in sources], dtype=bool)
+    keep = in_window & has_outcome & np.array(applied, dtype=bool)
+    index = np.flatnonzero(keep)
+    picked = index.tolist()
+    mismatched = _mismatched(config, [arms[i] for i in picked], [params[i] for i in picked])
+    if mismatched:
+        return _Chunk(
+            *_empty(config),
+            logged=int(in_window.sum()),
+            without_outcome=int((in_window & ~has_outcome).sum()),
+            defaulted=0,
+            violations=0,
+            policies=frozenset(),
+            mismatched=[request_ids[i] for i in picked if (arms[i], params[i]) in mismatched],
+        )
+    # Parse and featurize each distinct context once: logs repeat contexts.
+    codes: dict[str, int] = {}
+    code = [codes.setdefault(contexts[i], len(codes)) for i in picked]
+    parsed = [json.loads(text) for text in codes]
+    try:
+        unique = config.featurizer.transform_many(parsed) if parsed else _empty(config)[0]
+    except FeatureError as exc:
+        raise EvaluationError(
+            "context", f"logged contexts do not fit the featurizer: {exc}"
+        ) from None
+    tokens = np.array(
+        [
+            np.nan if p is None and c is None else (p or 0) + (c or 0)
+            for p, c in zip(prompt_tokens, completion_tokens, strict=True)
+        ],
+        dtype=np.float64,
+    )[index]
+    propensity = np.array(propensities, dtype=np.float64)[index]
+    chosen_origins = [origins[i] for i in picked]
+    return _Chunk(
+        contexts=unique[np.array(code, dtype=np.intp)],
+        actions=np.array(arms, dtype=np.intp)[index],
+        propensities=propensity,
+        rewards=np.array(rewards, dtype=np.float64)[index],
+        timestamps=ts[index],
+        explored=np.array([o.startswith("bandit:") for o in chosen_origins], dtype=bool)
+        & (propensity < 1.0),
+        logged=int(in_window.sum()),
+        without_outcome=int((in_window & ~has_outcome).sum()),
+        defaulted=sum(sources[i] == "default" for i in picked),
+        violations=config.reward.count_violations(
+            np.array(latency, dtype=np.float64)[index],
+            tokens,
+            np.array(cost, dtype=np.float64)[index],
+        ),
+        policies=frozenset(policies[i] for i in picked),
+        mismatched=[],
+    )
+
+
+def _empty(
+    config: TaskConfig,
+) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
+    empty = np.zeros(0)
     return (
-        0 <= decision.arm < len(arms) and replace(decision.params, seed=None) == arms[decision.arm]
+        np.zeros((0, config.featurizer.dim)),
+        np.zeros(0, dtype=np.intp),
+        empty,
+        empty,
+        empty,
+        np.zeros(0, dtype=bool),
     )
+
+
+def _mismatched(config: TaskConfig, arms: list[int], params: list[str]) -> set[tuple[int, str]]:
+    """The distinct (arm, params) pairs whose arm index means other parameters in today's space."""
+    space = config.space.arms
+    bad: set[tuple[int, str]] = set()
+    for arm, text in set(zip(arms, params, strict=True)):
+        if (
+            not 0 <= arm < len(space)
+            or replace(Params.from_dict(json.loads(text)), seed=None) != space[arm]
+        ):
+            bad.add((arm, text))
+    return bad
 
 
 def target_distribution(policy: Policy, config: TaskConfig, contexts: FloatArray) -> FloatArray:
     """(n, K): the distribution the policy would serve each logged context with, floor included.
 
-    Monte Carlo policies draw from a generator seeded per round, as :func:`decide` does.
+    Monte Carlo policies draw row ``i`` from a generator seeded per round, as :func:`decide` does.
     """
     arms = config.space.feasible_arms
     exploration = 0.0 if policy.name == "baseline" else config.exploration
+    revision = policy.revision
+
+    def rng(i: int) -> np.random.Generator:
+        return np.random.Generator(np.random.SFC64(derive_seed(i, 0, revision)))
+
     out = np.zeros((contexts.shape[0], config.space.n_arms))
-    for i, x in enumerate(contexts):
-        rng = (
-            np.random.Generator(np.random.SFC64(derive_seed(i, 0, policy.revision)))
-            if policy.stochastic
-            else None
-        )
-        probs = policy.probabilities(x, arms, rng)
-        out[i, arms] = (1.0 - exploration) * probs + exploration / len(arms)
+    probs = policy.probabilities_many(contexts, arms, rng if policy.stochastic else None)
+    out[:, arms] = (1.0 - exploration) * probs + exploration / len(arms)
     return out
 
 
@@ -286,7 +383,7 @@ def evaluate(
     min_ess: float = 100.0,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-    rows: Iterable[list[LoggedRow]] | None = None,
+    rows: Iterable[list[EvaluationRow]] | None = None,
 ) -> Evaluation:
     """Estimate a candidate's value against the baseline's from the log of one task type.
 

@@ -8,12 +8,12 @@ file in chunks and names the line of any malformed record.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from paramloop.errors import InputError, ParamloopError
-from paramloop.store.base import DecisionLog, LoggedRow
+from paramloop.store.base import DecisionLog, EvaluationRow, LoggedRow, evaluation_row
 from paramloop.types import Decision, Outcome, RecordedOutcome
 
 
@@ -69,6 +69,12 @@ def read_jsonl(
                 chunk = []
     if chunk:
         yield chunk
+
+
+def evaluation_rows(chunks: Iterable[list[LoggedRow]]) -> Iterator[list[EvaluationRow]]:
+    """Chunks of decision objects (e.g. from :func:`read_jsonl`) as the rows evaluation reads."""
+    for chunk in chunks:
+        yield [evaluation_row(decision, recorded) for decision, recorded in chunk]
 
 
 def _outcome(recorded: RecordedOutcome | None) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+from paramloop.store.records import dumps
 from paramloop.types import (
     Decision,
     GateReportRecord,
@@ -25,6 +26,69 @@ from paramloop.types import (
 LoggedRow = tuple[Decision, RecordedOutcome | None]
 #: A logged decision with its (present) outcome.
 OutcomeRow = tuple[Decision, RecordedOutcome]
+
+#: What offline evaluation reads of a logged decision, in the order of :data:`EvaluationRow`.
+EVALUATION_COLUMNS = (
+    "request_id",
+    "timestamp",
+    "arm",
+    "chosen_params",
+    "log_propensity",
+    "context_features",
+    "policy_version",
+    "origin",
+    "applied",
+    "reward",
+    "source",
+    "latency_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost",
+)
+#: One logged decision as a plain tuple of :data:`EVALUATION_COLUMNS`: the params and the
+#: context as their stored JSON text; ``applied`` as a bool or 0/1; the outcome columns
+#: ``None`` while no outcome has arrived.  Reading a million of these builds no object
+#: per row.
+EvaluationRow = tuple[
+    str,  # request_id
+    float,  # timestamp
+    int,  # arm
+    str,  # chosen_params (JSON)
+    float,  # log_propensity
+    str,  # context_features (JSON)
+    str,  # policy_version
+    str,  # origin
+    bool | int,  # applied
+    float | None,  # reward
+    str | None,  # source: "observed" | "default"
+    float | None,  # latency_ms
+    int | None,  # prompt_tokens
+    int | None,  # completion_tokens
+    float | None,  # cost
+]
+
+
+def evaluation_row(decision: Decision, recorded: RecordedOutcome | None) -> EvaluationRow:
+    """The :data:`EvaluationRow` of a decision object and its outcome (as the SQL stores read it)."""
+    data = decision.to_dict()
+    outcome = None if recorded is None else recorded.outcome
+    return (
+        decision.request_id,
+        decision.timestamp,
+        decision.arm,
+        dumps(data["params"]),
+        decision.propensity,
+        dumps(data["context"]),
+        decision.policy,
+        decision.origin,
+        decision.applied,
+        None if recorded is None else recorded.reward,
+        None if recorded is None else recorded.source,
+        None if outcome is None else outcome.latency_ms,
+        None if outcome is None else outcome.prompt_tokens,
+        None if outcome is None else outcome.completion_tokens,
+        None if outcome is None else outcome.cost,
+    )
 
 
 @runtime_checkable
@@ -77,6 +141,25 @@ class DecisionLog(Protocol):
         chunk_size: int = 10_000,
     ) -> Iterator[list[LoggedRow]]:
         """Stream decisions of a task type in ``[start, end)``, oldest first, in chunks."""
+
+    def iter_evaluation_rows(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        chunk_size: int = 50_000,
+    ) -> Iterator[list[EvaluationRow]]:
+        """The same rows as :meth:`iter_logged`, in the same order, as :data:`EvaluationRow` tuples."""
+
+    def import_logged(self, rows: list[LoggedRow]) -> int:
+        """Add exported decisions with their outcomes in one transaction (all or none).
+
+        For restoring an export or moving a log between stores.  Outcomes get
+        new ``seq`` numbers in the order given.  A request id already in the
+        store (or twice in ``rows``) is a ``DuplicateRequestError``; an outcome
+        whose request id or task type differs from its decision's is an
+        ``OutcomeError``.  Returns the number of decisions added.
+        """
 
     def count_decisions(self, task_type: str | None = None) -> int:
         """Number of logged decisions (of one task type, or all)."""

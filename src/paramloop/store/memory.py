@@ -27,7 +27,7 @@ from paramloop.errors import (
     StoreError,
     UnknownRequestError,
 )
-from paramloop.store.base import LoggedRow, OutcomeRow
+from paramloop.store.base import EvaluationRow, LoggedRow, OutcomeRow, evaluation_row
 from paramloop.store.records import (
     gate_report_from_row,
     gate_report_row,
@@ -179,6 +179,53 @@ class MemoryDecisionLog:
         self._check_open("iter_logged")
         _check_limit("chunk_size", chunk_size, minimum=1)
         return self._iter_chunks(task_type, start, end, chunk_size)
+
+    def iter_evaluation_rows(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        chunk_size: int = 50_000,
+    ) -> Iterator[list[EvaluationRow]]:
+        """As :meth:`iter_logged`, each row as an :data:`EvaluationRow`."""
+        self._check_open("iter_evaluation_rows")
+        _check_limit("chunk_size", chunk_size, minimum=1)
+        chunks = self._iter_chunks(task_type, start, end, chunk_size)
+        return ([evaluation_row(d, o) for d, o in chunk] for chunk in chunks)
+
+    def import_logged(self, rows: list[LoggedRow]) -> int:
+        for _, recorded in rows:
+            if recorded is not None and recorded.source not in _OUTCOME_SOURCES:
+                raise OutcomeError(
+                    "source",
+                    f"must be one of {', '.join(_OUTCOME_SOURCES)}, got {recorded.source!r}",
+                )
+        with self._lock:
+            self._check_open("import_logged")
+            seen: set[str] = set()
+            for decision, recorded in rows:
+                if decision.request_id in seen or decision.request_id in self._decisions:
+                    raise DuplicateRequestError(decision.request_id)
+                seen.add(decision.request_id)
+                if recorded is not None and recorded.request_id != decision.request_id:
+                    raise OutcomeError(
+                        "request_id",
+                        f"the outcome {recorded.request_id!r} is paired with decision "
+                        f"{decision.request_id!r}",
+                    )
+                if recorded is not None and recorded.task_type != decision.task_type:
+                    raise OutcomeError(
+                        "task_type",
+                        f"is {recorded.task_type!r} but request_id {recorded.request_id!r} "
+                        f"was logged under task type {decision.task_type!r}",
+                    )
+            for decision, recorded in rows:
+                self._add(decision)
+                if recorded is not None:
+                    stored = replace(recorded, seq=len(self._by_seq) + 1)
+                    self._outcomes[recorded.request_id] = stored
+                    self._by_seq.append(stored)
+        return len(rows)
 
     def count_decisions(self, task_type: str | None = None) -> int:
         with self._lock:

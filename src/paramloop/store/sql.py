@@ -46,7 +46,7 @@ from paramloop.errors import (
     StoreError,
     UnknownRequestError,
 )
-from paramloop.store.base import LoggedRow, OutcomeRow
+from paramloop.store.base import EvaluationRow, LoggedRow, OutcomeRow
 from paramloop.store.records import (
     dumps,
     gate_report_from_row,
@@ -91,6 +91,25 @@ _P = provenance.c
 # both tables have request_id, task_type, error, reward and timestamp.
 _OUTCOME_COLUMNS = [column.label(f"o_{column.name}") for column in outcomes.c]
 _JOINED_COLUMNS = [*logged_decisions.c, *_OUTCOME_COLUMNS]
+# What offline evaluation reads (EVALUATION_COLUMNS), then the keyset position.
+_EVALUATION_SELECT = [
+    _D.request_id,
+    _D.timestamp,
+    _D.arm,
+    _D.chosen_params,
+    _D.log_propensity,
+    _D.context_features,
+    _D.policy_version,
+    _D.origin,
+    _D.applied,
+    _O.reward,
+    _O.source,
+    _O.latency_ms,
+    _O.prompt_tokens,
+    _O.completion_tokens,
+    _O.cost,
+    _D.id,
+]
 
 # The per-request statements are built once: building a statement costs more
 # than SQLite takes to run it.  (Bind names must differ from column names in
@@ -290,6 +309,74 @@ class SQLDecisionLog(ABC):
             .limit(chunk_size)
         )
         return self._iter_chunks(query, window, chunk_size)
+
+    def iter_evaluation_rows(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        chunk_size: int = 50_000,
+    ) -> Iterator[list[EvaluationRow]]:
+        """As :meth:`iter_logged` (same order, same keyset pagination), as plain tuples."""
+        self._check_open("iter_evaluation_rows")
+        _check_limit("chunk_size", chunk_size, minimum=1)
+        return self._iter_evaluation_chunks(task_type, start, end, chunk_size)
+
+    def _iter_evaluation_chunks(
+        self, task_type: str, start: float | None, end: float | None, chunk_size: int
+    ) -> Iterator[list[EvaluationRow]]:
+        window: list[ColumnElement[bool]] = [_D.task_type == task_type]
+        if start is not None:
+            window.append(_D.timestamp >= start)
+        if end is not None:
+            window.append(_D.timestamp < end)
+        query = (
+            select(*_EVALUATION_SELECT)
+            .select_from(logged_decisions.outerjoin(outcomes, _O.request_id == _D.request_id))
+            .order_by(_D.timestamp, _D.id)
+            .limit(chunk_size)
+        )
+        after: ColumnElement[bool] | None = None
+        while True:
+            conditions = window if after is None else [*window, after]
+            with self._transaction("iter_evaluation_rows", write=False) as conn:
+                rows = conn.execute(query.where(and_(*conditions))).all()
+            if not rows:
+                return
+            yield [tuple(row)[:-1] for row in rows]
+            after = tuple_(_D.timestamp, _D.id) > tuple_(rows[-1][1], rows[-1][-1])
+            if len(rows) < chunk_size:
+                return
+
+    def import_logged(self, rows: list[LoggedRow]) -> int:
+        self._check_open("import_logged")
+        seen: set[str] = set()
+        for decision, recorded in rows:
+            if decision.request_id in seen:
+                raise DuplicateRequestError(decision.request_id)
+            seen.add(decision.request_id)
+            if recorded is not None:
+                _check_outcome_matches(decision, recorded)
+        if not rows:
+            return 0
+        decision_rows = []
+        outcome_rows = []
+        for decision, recorded in rows:
+            row = _decision_row(decision)
+            row["outcome"] = row["reward"] = None  # every row of an executemany binds the same keys
+            if recorded is not None:
+                outcome_rows.append(_outcome_row(recorded))
+                row["outcome"] = dumps(recorded.outcome.to_dict())
+                row["reward"] = recorded.reward
+            decision_rows.append(row)
+        try:
+            with self._transaction("import_logged", write=True, pass_integrity=True) as conn:
+                conn.execute(_INSERT_DECISION, decision_rows)
+                if outcome_rows:
+                    conn.execute(_INSERT_OUTCOME, outcome_rows)
+        except IntegrityError as exc:
+            raise self._duplicate_error("import_logged", sorted(seen), exc) from exc
+        return len(rows)
 
     def count_decisions(self, task_type: str | None = None) -> int:
         query = select(func.count()).select_from(logged_decisions)
@@ -512,6 +599,17 @@ def _decision_from_row(row: RowMapping) -> Decision:
             "schema_version": row["schema_version"],
         }
     )
+
+
+def _check_outcome_matches(decision: Decision, recorded: RecordedOutcome) -> None:
+    """Refuse an imported outcome that belongs to another decision."""
+    if recorded.request_id != decision.request_id:
+        raise OutcomeError(
+            "request_id",
+            f"the outcome {recorded.request_id!r} is paired with decision {decision.request_id!r}",
+        )
+    if recorded.task_type != decision.task_type:
+        raise task_type_mismatch(recorded, decision.task_type)
 
 
 def _outcome_row(recorded: RecordedOutcome) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from paramloop.errors import ConfigError, StoreError, UnknownRequestError
+from paramloop.store.base import EvaluationRow
 from paramloop.store.migrate import upgrade
 from paramloop.store.records import dumps
 from paramloop.store.sql import (
@@ -215,6 +216,47 @@ class SQLiteDecisionLog(SQLDecisionLog):
             return existing, False
         return super().attach_outcome(recorded)  # raises the conflict with the shared checks
 
+    def _iter_evaluation_chunks(
+        self, task_type: str, start: float | None, end: float | None, chunk_size: int
+    ) -> Iterator[list[EvaluationRow]]:
+        # On the driver connection: SQLAlchemy's row objects cost more than SQLite
+        # takes to read a row, and evaluation reads millions of them.
+        where = ["d.task_type = ?"]
+        window: list[object] = [task_type]
+        if start is not None:
+            where.append("d.timestamp >= ?")
+            window.append(start)
+        if end is not None:
+            where.append("d.timestamp < ?")
+            window.append(end)
+        first = _EVALUATION_SQL.format(where=" AND ".join(where))
+        following = _EVALUATION_SQL.format(
+            where=" AND ".join([*where, "(d.timestamp, d.id) > (?, ?)"])
+        )
+        after: tuple[object, ...] = ()
+        while True:
+            with self._lock:
+                self._check_open("iter_evaluation_rows")
+                raw = self._raw
+                try:
+                    raw.execute("BEGIN")
+                    try:
+                        rows = raw.execute(
+                            following if after else first, (*window, *after, chunk_size)
+                        ).fetchall()
+                    finally:
+                        raw.execute("COMMIT")
+                except sqlite3.Error as exc:
+                    raise StoreError(
+                        f"iter_evaluation_rows failed on the SQLite store at {self._location}: {exc}"
+                    ) from exc
+            if not rows:
+                return
+            after = (rows[-1][1], rows[-1][-1])
+            yield [row[:-1] for row in rows]
+            if len(rows) < chunk_size:
+                return
+
     def _write(self, sql: str, row: dict[str, object]) -> None:
         raw = self._raw
         raw.execute("BEGIN IMMEDIATE")
@@ -247,6 +289,13 @@ class SQLiteDecisionLog(SQLDecisionLog):
 _FIND_OUTCOME = (
     "SELECT d.task_type, o.seq FROM logged_decisions AS d "
     "LEFT OUTER JOIN outcomes AS o ON o.request_id = d.request_id WHERE d.request_id = ?"
+)
+_EVALUATION_SQL = (
+    "SELECT d.request_id, d.timestamp, d.arm, d.chosen_params, d.log_propensity, "
+    "d.context_features, d.policy_version, d.origin, d.applied, o.reward, o.source, "
+    "o.latency_ms, o.prompt_tokens, o.completion_tokens, o.cost, d.id "
+    "FROM logged_decisions AS d LEFT OUTER JOIN outcomes AS o ON o.request_id = d.request_id "
+    "WHERE {where} ORDER BY d.timestamp, d.id LIMIT ?"
 )
 _MARK_DECIDED = "UPDATE logged_decisions SET outcome = ?, reward = ? WHERE request_id = ?"
 _INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}

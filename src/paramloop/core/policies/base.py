@@ -121,6 +121,32 @@ class Policy(ABC):
             raise ValueError(f"{self.label} draws Monte Carlo samples: pass an rng")
         return self._distribution(x, arms, rng)
 
+    def probabilities_many(
+        self,
+        X: FloatArray,
+        arms: IntArray,
+        rngs: Callable[[int], np.random.Generator] | None = None,
+    ) -> FloatArray:
+        """(n, len(arms)): :meth:`probabilities` of every row of ``X`` (n, context dim).
+
+        Monte Carlo policies draw row ``i`` with ``rngs(i)``.  Policies whose
+        probabilities have a closed form over a batch override the :meth:`_probabilities_many`
+        hook; the others are scored row by row.
+        """
+        if len(arms) == 0:
+            raise ValueError("no feasible arm to choose from")
+        if self.stochastic and rngs is None:
+            raise ValueError(f"{self.label} draws Monte Carlo samples: pass rngs")
+        return self._probabilities_many(X, arms, rngs)
+
+    def _probabilities_many(
+        self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
+    ) -> FloatArray:
+        out = np.empty((X.shape[0], len(arms)))
+        for i, x in enumerate(X):
+            out[i] = self._distribution(x, arms, None if rngs is None else rngs(i))[0]
+        return out
+
     def estimate(self, x: FloatArray, arms: IntArray) -> tuple[FloatArray, FloatArray]:
         """Posterior mean reward and its standard deviation for each of ``arms``."""
         return self._estimate(x, arms)

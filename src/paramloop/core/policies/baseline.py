@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,12 @@ class Baseline(Policy):
         probs = chosen / chosen.sum()
         mean, std = self._estimate(x, arms)
         return probs, mean, std
+
+    def _probabilities_many(
+        self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
+    ) -> FloatArray:
+        row = self._distribution(X[0] if len(X) else np.zeros(0), arms, None)[0]
+        return np.broadcast_to(row, (X.shape[0], len(arms))).copy()
 
     def _estimate(self, x: FloatArray, arms: IntArray) -> tuple[FloatArray, FloatArray]:
         base = self.stats[1] / self.stats[0] if self.stats[0] else 0.0

@@ -7,6 +7,7 @@ its support from :func:`~paramloop.core.policies.base.decide`'s exploration floo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,15 @@ class LinUCB(LinearPolicy):
         mean, width, _, _ = self.moments(x, arms)
         root = np.sqrt(width)
         return argmax_share(mean + self.alpha * root), mean, self.noise * root
+
+    def _probabilities_many(
+        self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
+    ) -> FloatArray:
+        mean, width = self.moments_many(X, arms)
+        scores = mean + self.alpha * np.sqrt(width)
+        best = scores == scores.max(axis=1, keepdims=True)
+        share: FloatArray = best / best.sum(axis=1, keepdims=True)
+        return share
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
