@@ -28,7 +28,7 @@ from paramloop.engine import Optimizer, TaskConfig
 from paramloop.errors import ConflictingOutcomeError
 from paramloop.sim.tasks import default_tasks
 from paramloop.sim.world import World
-from paramloop.store.base import DecisionLog, LoggedRow, OutcomeRow
+from paramloop.store.base import DecisionLog, EvaluationRow, LoggedRow, OutcomeRow
 from paramloop.types import Decision, FeatureValue, Outcome, PolicySnapshot, RecordedOutcome
 
 StoreSpec = tuple[str, str, str | None]
@@ -323,6 +323,18 @@ class Interleaved:
 
     def get_outcome(self, request_id: str) -> RecordedOutcome | None:
         return self.inner.get_outcome(request_id)
+
+    def iter_evaluation_rows(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        chunk_size: int = 50_000,
+    ) -> Iterator[list[EvaluationRow]]:
+        return self.inner.iter_evaluation_rows(task_type, start, end, chunk_size)
+
+    def import_logged(self, rows: list[LoggedRow]) -> int:
+        return self.inner.import_logged(rows)
 
     def outcomes_since(self, task_type: str, after_seq: int, limit: int) -> list[OutcomeRow]:
         return self.inner.outcomes_since(task_type, after_seq, limit)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -72,7 +73,7 @@ class NumericFeature:
         scaled = (_log1p(v) if self.scale == "log" else v) / self._span
         out.append(scaled if scaled < 1.0 else 1.0)
 
-    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+    def encode_column(self, values: list[Any]) -> FloatArray:
         v = np.array(values, dtype=np.float64) - self.lower
         scaled = (np.log1p(v) if self.scale == "log" else v) / self._span
         return np.minimum(scaled, 1.0)[:, None]
@@ -99,7 +100,7 @@ class BoolFeature:
     def encode(self, value: FeatureValue, out: list[float]) -> None:
         out.append(1.0 if value else 0.0)
 
-    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+    def encode_column(self, values: list[Any]) -> FloatArray:
         return np.array(values, dtype=bool).astype(np.float64)[:, None]
 
 
@@ -133,7 +134,7 @@ class CountFeature:
         count = len(value) if isinstance(value, tuple) else float(value)
         out.append(min(math.log1p(count) / math.log1p(self.cap), 1.0))
 
-    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+    def encode_column(self, values: list[Any]) -> FloatArray:
         # A list from JSON counts like the tuple it was logged as.
         counts = np.array(
             [len(v) if isinstance(v, tuple | list) else v for v in values], dtype=np.float64
@@ -166,9 +167,9 @@ class CategoricalFeature:
         for level in self.levels:
             out.append(1.0 if value == level else 0.0)
 
-    def encode_column(self, values: list[FeatureValue]) -> FloatArray:
+    def encode_column(self, values: list[Any]) -> FloatArray:
         column = {level: i for i, level in enumerate(self.levels)}
-        index = np.array([column.get(v, -1) for v in values], dtype=np.intp)  # type: ignore[arg-type]
+        index = np.array([column.get(v, -1) for v in values], dtype=np.intp)
         out = np.zeros((len(values), len(self.levels)))
         known = np.flatnonzero(index >= 0)
         out[known, index[known]] = 1.0
@@ -267,7 +268,7 @@ class Featurizer:
             feature.encode(context[feature.name], out)
         return np.array(out, dtype=np.float64)
 
-    def transform_many(self, contexts: Sequence[Context]) -> FloatArray:
+    def transform_many(self, contexts: Sequence[Mapping[str, Any]]) -> FloatArray:
         """The (n, dim) vectors of already validated contexts, one feature column at a time.
 
         The same numbers as :meth:`transform` row by row (up to the last bit of
