@@ -95,6 +95,75 @@ def test_estimates_track_the_truth_on_the_simulator(exploring: MemoryDecisionLog
         assert est.low - width <= truth <= est.high + width, (name, truth, est)
 
 
+@pytest.mark.parametrize("exploration", [0.5, 0.0])
+def test_collapsed_log_gives_the_full_width_estimates(
+    exploring: MemoryDecisionLog, exploration: float
+) -> None:
+    """Three columns per round give what the full (n, K) arrays give: values, intervals, support."""
+    from paramloop.core.ope import compare_all, make_estimator
+    from paramloop.core.ope.data import LoggedBandit
+    from paramloop.core.policies import restore_policy
+    from paramloop.engine.evaluate import (
+        baseline_distribution,
+        collapse,
+        logging_support,
+        target_distribution,
+    )
+    from paramloop.engine.outcome_model import fit_outcome_model
+
+    cfg = config(exploration)
+    snapshot = exploring.latest_snapshot(TASK)
+    assert snapshot is not None
+    policy = restore_policy(snapshot.state, cfg.design)
+    log = read_log(exploring, cfg)
+    model = fit_outcome_model(log.contexts, log.actions, log.rewards, cfg.space.n_arms, rng=3)
+    full_target = target_distribution(policy, cfg, log.contexts)
+    full = LoggedBandit(
+        log.rewards,
+        log.actions,
+        log.propensities,
+        full_target,
+        support=logging_support(cfg, log),
+    )
+    full_q = model.predict(log.contexts, np.arange(log.n))
+    data, candidate, baseline, predicted = collapse(policy, cfg, log, model)
+    estimators = [make_estimator(name) for name in ("ips", "snips", "dm", "dr", "sndr")]
+    estimators.append(make_estimator("switch-dr", tau=10.0))
+    for interval in ("clt", "bootstrap"):
+        wide = compare_all(
+            full,
+            full_target,
+            baseline_distribution(cfg, log.n),
+            estimators,
+            full_q,
+            rng=np.random.default_rng(0),
+            resamples=300,
+            interval=interval,
+            min_ess=5.0,
+        )
+        narrow = compare_all(
+            data,
+            candidate,
+            baseline,
+            estimators,
+            predicted,
+            rng=np.random.default_rng(0),
+            resamples=300,
+            interval=interval,
+            min_ess=5.0,
+        )
+        for w, c in zip(wide, narrow, strict=True):
+            for side_w, side_c in ((w.candidate, c.candidate), (w.baseline, c.baseline)):
+                assert side_c.support == side_w.support
+                assert side_c.unsupported_share == side_w.unsupported_share
+                for name in ("value", "low", "high", "ess", "max_weight"):
+                    a, b = getattr(side_w, name), getattr(side_c, name)
+                    assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+            for name in ("difference", "lower_bound"):
+                a, b = getattr(w, name), getattr(c, name)
+                assert (a is None and b is None) or a == pytest.approx(b, rel=1e-9, abs=1e-12)
+
+
 def test_logs_of_a_deterministic_baseline_support_nothing_else() -> None:
     store = logged("baseline", exploration=0.05, rounds=300)
     result = evaluate(store, config(0.05), target="learned", resamples=200)

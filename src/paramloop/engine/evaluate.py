@@ -11,13 +11,13 @@ so they arrive here as ordinary outcomes with ``source="default"``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from paramloop.core.ope import (
     Comparison,
@@ -27,10 +27,12 @@ from paramloop.core.ope import (
     compare_all,
     make_estimator,
 )
+from paramloop.core.ope.diagnostics import UNSUPPORTED_MASS
+from paramloop.core.ope.evaluate import IntervalMethod
 from paramloop.core.policies import Policy, decide, derive_seed, make_policy, restore_policy
 from paramloop.core.policies.base import FloatArray, IntArray
 from paramloop.engine.config import TaskConfig
-from paramloop.engine.outcome_model import fit_predict
+from paramloop.engine.outcome_model import CrossFitted, fit_outcome_model
 from paramloop.errors import EvaluationError, FeatureError, InputError
 from paramloop.store.base import DecisionLog, EvaluationRow
 from paramloop.types import Params
@@ -41,6 +43,10 @@ DEFAULT_ESTIMATORS = ("ips", "snips", "dm", "dr", "sndr", "switch-dr")
 PRIMARY_ESTIMATOR = "sndr"
 
 Target = Literal["snapshot", "baseline", "learned"]
+IntervalChoice = Literal["auto", "bootstrap", "clt"]
+#: ``interval="auto"`` bootstraps while rows × resamples stays within this many draws
+#: (about 10 s of resampling on one core), and uses the CLT interval beyond.
+AUTO_BOOTSTRAP_DRAWS = 2e9
 
 
 @dataclass(frozen=True)
@@ -204,7 +210,7 @@ def _read_chunk(
     # Parse and featurize each distinct context once: logs repeat contexts.
     codes: dict[str, int] = {}
     code = [codes.setdefault(contexts[i], len(codes)) for i in picked]
-    parsed = [json.loads(text) for text in codes]
+    parsed = [orjson.loads(text) for text in codes]
     try:
         unique = config.featurizer.transform_many(parsed) if parsed else _empty(config)[0]
     except FeatureError as exc:
@@ -256,33 +262,135 @@ def _empty(
 
 
 def _mismatched(config: TaskConfig, arms: list[int], params: list[str]) -> set[tuple[int, str]]:
-    """The distinct (arm, params) pairs whose arm index means other parameters in today's space."""
+    """The (arm, params) pairs whose arm index means other parameters in today's space.
+
+    Parameters differ between decisions of one arm only by their seed, so each
+    text is keyed without it (``"seed":`` can only be a key: a quote inside a
+    JSON string is escaped) and each distinct key is parsed once.
+    """
     space = config.space.arms
+    verdict: dict[tuple[int, str, str], bool] = {}
     bad: set[tuple[int, str]] = set()
-    for arm, text in set(zip(arms, params, strict=True)):
-        if (
-            not 0 <= arm < len(space)
-            or replace(Params.from_dict(json.loads(text)), seed=None) != space[arm]
-        ):
+    for arm, text in zip(arms, params, strict=True):
+        head, _, tail = text.partition('"seed":')
+        key = (arm, head, tail.partition(",")[2])
+        wrong = verdict.get(key)
+        if wrong is None:
+            wrong = verdict[key] = not 0 <= arm < len(space) or (
+                replace(Params.from_dict(orjson.loads(text)), seed=None) != space[arm]
+            )
+        if wrong:
             bad.add((arm, text))
     return bad
 
 
-def target_distribution(policy: Policy, config: TaskConfig, contexts: FloatArray) -> FloatArray:
+def target_distribution(
+    policy: Policy, config: TaskConfig, contexts: FloatArray, offset: int = 0
+) -> FloatArray:
     """(n, K): the distribution the policy would serve each logged context with, floor included.
 
-    Monte Carlo policies draw row ``i`` from a generator seeded per round, as :func:`decide` does.
+    Monte Carlo policies draw round ``offset + i`` from a generator seeded per
+    round, as :func:`decide` does.
     """
     arms = config.space.feasible_arms
     exploration = 0.0 if policy.name == "baseline" else config.exploration
     revision = policy.revision
 
     def rng(i: int) -> np.random.Generator:
-        return np.random.Generator(np.random.SFC64(derive_seed(i, 0, revision)))
+        return np.random.Generator(np.random.SFC64(derive_seed(offset + i, 0, revision)))
 
     out = np.zeros((contexts.shape[0], config.space.n_arms))
     probs = policy.probabilities_many(contexts, arms, rng if policy.stochastic else None)
     out[:, arms] = (1.0 - exploration) * probs + exploration / len(arms)
+    return out
+
+
+#: Rows scored at a time by :func:`collapse`: bounds its (rows, K) intermediates.
+COLLAPSE_CHUNK = 16_384
+
+
+def collapse(
+    policy: Policy, config: TaskConfig, log: LoggedTask, model: CrossFitted
+) -> tuple[LoggedBandit, FloatArray, FloatArray, FloatArray]:
+    """The log with the candidate and the baseline as targets, in three columns instead of K.
+
+    Every estimator reads a round through four numbers per target: its
+    probability of the logged arm (the weight), ``Σ_a π(a|x) q̂(x, a)`` (the
+    direct part), ``q̂`` of the logged arm (the residual) and the probability it
+    puts on arms the logger could not choose (support).  So each round becomes
+    three columns, scored ``COLLAPSE_CHUNK`` rows at a time over the feasible
+    arms only and never stored at full width: the logged arm, the candidate's
+    other arms and the baseline's other arms.  The candidate puts
+    ``[π(aᵢ), 1 − π(aᵢ), 0]`` on them, the baseline ``[π₀(aᵢ), 0, 1 − π₀(aᵢ)]``;
+    the predicted reward of an "other" column is its target's mean prediction
+    over those arms, and it is supported exactly when all of them are.  Every
+    estimate, interval and diagnostic is the one the full (n, K) arrays give;
+    memory is O(n) instead of O(n·K).
+
+    Support is as in :func:`logging_support`: an exploring bandit decision
+    could choose any feasible arm, any other decision only its own.
+
+    Returns the log (target: the candidate), both targets and the predictions.
+    """
+    n = log.n
+    arms = config.space.feasible_arms
+    column = np.full(config.space.n_arms, -1, dtype=np.intp)
+    column[arms] = np.arange(len(arms))
+    base_arm = config.space.baseline_arm
+    base_feasible = column[base_arm] >= 0
+    exploration = 0.0 if policy.name == "baseline" else config.exploration
+    explored = log.explored if config.exploration > 0.0 else np.zeros(n, dtype=bool)
+    revision = policy.revision
+    cand_logged, cand_other = np.empty(n), np.empty(n)
+    base_other, q_logged = np.empty(n), np.empty(n)
+    for start in range(0, n, COLLAPSE_CHUNK):
+        rows = np.arange(start, min(n, start + COLLAPSE_CHUNK))
+        X, a = log.contexts[rows], log.actions[rows]
+
+        def rng(i: int, offset: int = start) -> np.random.Generator:
+            return np.random.Generator(np.random.SFC64(derive_seed(offset + i, 0, revision)))
+
+        probs = policy.probabilities_many(X, arms, rng if policy.stochastic else None)
+        target = (1.0 - exploration) * probs + exploration / len(arms)
+        j = column[a]
+        p = np.where(j >= 0, target[np.arange(len(rows)), np.maximum(j, 0)], 0.0)
+        q_a = _logged_predictions(model, X, rows, a)
+        direct = np.einsum("ij,ij->i", target, model.predict(X, rows, arms))
+        cand_logged[rows], q_logged[rows] = p, q_a
+        cand_other[rows] = _other(direct, p, q_a)
+        p0 = (a == base_arm).astype(np.float64)
+        base_other[rows] = _other(model.predict(X, rows, np.array([base_arm]))[:, 0], p0, q_a)
+    base_logged = (log.actions == base_arm).astype(np.float64)
+    # Off the logged arm, an exploring round supports every feasible arm; another round none.
+    cand_supported = explored | (cand_logged >= 1.0 - UNSUPPORTED_MASS)
+    base_supported = (explored & base_feasible) | (base_logged == 1.0)
+    zeros = np.zeros(n)
+    candidate = np.column_stack([cand_logged, 1.0 - cand_logged, zeros])
+    baseline = np.column_stack([base_logged, zeros, 1.0 - base_logged])
+    predicted = np.column_stack([q_logged, cand_other, base_other])
+    support = np.column_stack([np.ones(n, dtype=bool), cand_supported, base_supported])
+    data = LoggedBandit(
+        log.rewards, np.zeros(n, dtype=np.intp), log.propensities, candidate, support=support
+    )
+    return data, candidate, baseline, predicted
+
+
+def _logged_predictions(
+    model: CrossFitted, X: FloatArray, rows: IntArray, a: IntArray
+) -> FloatArray:
+    """q̂ of each row's own logged arm."""
+    out = np.empty(len(rows))
+    for arm in np.unique(a):
+        here = a == arm
+        out[here] = model.predict(X[here], rows[here], np.array([arm]))[:, 0]
+    return out
+
+
+def _other(direct: FloatArray, p: FloatArray, q_a: FloatArray) -> FloatArray:
+    """The mean prediction over the arms other than the logged one, weighted by the target."""
+    rest = 1.0 - p
+    out = np.zeros_like(direct)
+    np.divide(direct - p * q_a, rest, out=out, where=rest > 0.0)
     return out
 
 
@@ -379,6 +487,7 @@ def evaluate(
     end: float | None = None,
     train_share: float = 0.5,
     resamples: int = 10_000,
+    interval: IntervalChoice = "auto",
     alpha: float = 0.05,
     min_ess: float = 100.0,
     seed: int = 0,
@@ -391,11 +500,20 @@ def evaluate(
     ``baseline`` (the baseline evaluated against itself: a sanity check), or
     ``learned`` (a fresh policy of the configured kind trained on the oldest
     ``train_share`` of the window and evaluated on the rest).
+
+    ``interval``: ``bootstrap`` (percentile, ``resamples`` row resamples),
+    ``clt`` (analytic, delta method for the self-normalized estimators), or
+    ``auto``: the bootstrap while ``n × resamples`` stays within
+    :data:`AUTO_BOOTSTRAP_DRAWS`, the CLT beyond (a note says which).  At that
+    size the bootstrap distribution of these means is normal to well within
+    the Monte Carlo error of the resamples themselves.
     """
     if target not in ("snapshot", "baseline", "learned"):
         raise InputError("target", f"must be snapshot, baseline or learned; got {target!r}")
     if not 0.0 < train_share < 1.0:
         raise InputError("train_share", f"must be in (0, 1), got {train_share!r}")
+    if interval not in ("auto", "bootstrap", "clt"):
+        raise InputError("interval", f"must be auto, bootstrap or clt; got {interval!r}")
     chosen = [_estimator(name) for name in estimators]
     log = read_log(store, config, start=start, end=end, progress=progress, rows=rows)
     notes: list[str] = []
@@ -429,12 +547,18 @@ def evaluate(
         log = log.rows(order[cut:])
         train_rows = cut
         notes.append(f"trained on the oldest {cut} rounds, evaluated on the newest {log.n}")
-    candidate = target_distribution(policy, config, log.contexts)
-    baseline = baseline_distribution(config, log.n)
-    data = LoggedBandit(
-        log.rewards, log.actions, log.propensities, candidate, support=logging_support(config, log)
+    method: IntervalMethod = (
+        ("bootstrap" if log.n * resamples <= AUTO_BOOTSTRAP_DRAWS else "clt")
+        if interval == "auto"
+        else interval
     )
-    predicted = fit_predict(log.contexts, log.actions, log.rewards, config.space.n_arms, rng=seed)
+    if interval == "auto" and method == "clt":
+        notes.append(
+            f"CLT intervals: {log.n:,} rows x {resamples:,} resamples is beyond the bootstrap's "
+            f"budget of {AUTO_BOOTSTRAP_DRAWS:,.0f} draws"
+        )
+    model = fit_outcome_model(log.contexts, log.actions, log.rewards, config.space.n_arms, rng=seed)
+    data, candidate, baseline, predicted = collapse(policy, config, log, model)
     rng = np.random.default_rng(seed)
     # One paired bootstrap gives both sides' estimates and their difference.
     comparisons = compare_all(
@@ -445,6 +569,7 @@ def evaluate(
         predicted,
         rng=rng,
         resamples=resamples,
+        interval=method,
         alpha=alpha,
         min_ess=min_ess,
     )

@@ -36,6 +36,7 @@ reward range, and nothing clips it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -75,6 +76,76 @@ def fit_predict(
 ) -> np.ndarray:
     """Cross-fitted predicted rewards ``q̂`` of shape ``(n, n_actions)``.
 
+    :func:`fit_outcome_model` followed by a prediction for every row; see there
+    for the arguments and the errors.
+
+    >>> X = np.zeros((6, 0))
+    >>> q = fit_predict(X, np.array([0, 1, 0, 1, 0, 1]), np.array([1.0, 3, 1, 3, 1, 3]), 2, alpha=1e-9)
+    >>> np.round(q, 6).tolist()[0]
+    [1.0, 3.0]
+    """
+    fitted = fit_outcome_model(
+        features, actions, rewards, n_actions, model=model, folds=folds, alpha=alpha, rng=rng
+    )
+    X = np.asarray(features, dtype=np.float64)
+    return fitted.predict(X, np.arange(X.shape[0]))
+
+
+@dataclass(frozen=True)
+class CrossFitted:
+    """One fitted model per fold; row ``i`` is predicted by the model that never saw it."""
+
+    fold_of: np.ndarray
+    models: tuple[Any, ...]
+    n_actions: int
+    classifier: bool
+    built_in: bool
+
+    def predict(
+        self, X: np.ndarray, rows: np.ndarray, arms: np.ndarray | None = None
+    ) -> np.ndarray:
+        """(len(rows), len(arms)) cross-fitted predictions for the logged rows ``rows``.
+
+        ``X`` holds those rows' contexts; ``arms`` (default: all K) the arms to
+        predict.  A caller can predict a chunk of rows and only the arms it
+        needs: the full (n, K) array of a large log need never exist.
+        """
+        columns = np.arange(self.n_actions) if arms is None else np.asarray(arms, dtype=np.intp)
+        out = np.empty((len(rows), len(columns)))
+        fold = self.fold_of[rows]
+        for k, fitted in enumerate(self.models):
+            part = fold == k
+            if not part.any():
+                continue
+            if self.built_in:
+                out[part] = (
+                    _predict_linear(fitted, X[part], self.n_actions, self.classifier)[:, columns]
+                    if arms is None
+                    else _predict_linear(fitted, X[part], self.n_actions, self.classifier, columns)
+                )
+            else:
+                out[part] = _predict_per_arm(fitted, X[part], self.n_actions, self.classifier)[
+                    :, columns
+                ]
+        if not np.all(np.isfinite(out)):
+            name = type(self.models[0]).__name__
+            raise InputError("model", f"{name} predicted non-finite rewards")
+        return out
+
+
+def fit_outcome_model(
+    features: np.ndarray,
+    actions: np.ndarray,
+    rewards: np.ndarray,
+    n_actions: int,
+    *,
+    model: ModelName | RewardModel = "auto",
+    folds: int = 2,
+    alpha: float = 1.0,
+    rng: np.random.Generator | int = 0,
+) -> CrossFitted:
+    """The cross-fitted outcome model, which predicts ``q̂`` for any logged row and arm.
+
     ``features`` is the ``(n, d)`` context of each logged round (``d`` may be 0),
     ``actions`` the logged arm indices in ``[0, n_actions)``, ``rewards`` the
     observed rewards.  ``model`` is ``"ridge"`` (:class:`sklearn.linear_model.Ridge`
@@ -90,11 +161,6 @@ def fit_predict(
     action lies outside ``[0, n_actions)``, ``folds`` is not in ``[2, n]``, a
     classifier gets rewards other than 0/1, a classifier's training part holds
     a single reward value, or the model predicts values that are not finite.
-
-    >>> X = np.zeros((6, 0))
-    >>> q = fit_predict(X, np.array([0, 1, 0, 1, 0, 1]), np.array([1.0, 3, 1, 3, 1, 3]), 2, alpha=1e-9)
-    >>> np.round(q, 6).tolist()[0]
-    [1.0, 3.0]
     """
     X, a, r = _check_inputs(features, actions, rewards, n_actions)
     n = r.shape[0]
@@ -129,7 +195,7 @@ def fit_predict(
         )
 
     fold_of = _assign_folds(r, folds, rng)
-    out = np.empty((n, n_actions))
+    models = []
     for k in range(folds):
         test = fold_of == k
         train = ~test
@@ -145,13 +211,10 @@ def fit_predict(
             # wait on idle threads for longer than they compute when the machine is busy.
             with threadpool_limits(limits=1, user_api="blas"):
                 fitted.fit(_sparse_design(X[train], a[train], n_actions), r[train])
-                out[test] = _predict_linear(fitted, X[test], n_actions, classifier)
         else:
             fitted.fit(_design(X[train], a[train], n_actions), r[train])
-            out[test] = _predict_per_arm(fitted, X[test], n_actions, classifier)
-    if not np.all(np.isfinite(out)):
-        raise InputError("model", f"{type(estimator).__name__} predicted non-finite rewards")
-    return out
+        models.append(fitted)
+    return CrossFitted(fold_of, tuple(models), n_actions, classifier, built_in)
 
 
 def _check_inputs(
@@ -231,10 +294,17 @@ def _design(X: np.ndarray, a: np.ndarray, n_actions: int) -> np.ndarray:
     return design
 
 
-def _predict_linear(fitted: Any, X: np.ndarray, n_actions: int, classifier: bool) -> np.ndarray:
+def _predict_linear(
+    fitted: Any,
+    X: np.ndarray,
+    n_actions: int,
+    classifier: bool,
+    arms: np.ndarray | None = None,
+) -> np.ndarray:
     coef = np.asarray(fitted.coef_, dtype=np.float64).reshape(-1)
     intercept = float(np.asarray(fitted.intercept_).reshape(-1)[0])
-    eta = (intercept + X @ coef[n_actions:])[:, None] + coef[None, :n_actions]
+    per_arm = coef[:n_actions] if arms is None else coef[arms]
+    eta = (intercept + X @ coef[n_actions:])[:, None] + per_arm[None, :]
     if classifier:
         # LogisticRegression's coefficients point to classes_[1], which is reward 1;
         # σ(η) = exp(−log(1 + e^−η)) never overflows.
