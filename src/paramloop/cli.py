@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from paramloop.cli_server import upstream_app
 from paramloop.core.policies import POLICIES
 from paramloop.engine import Optimizer, TaskConfig, load_config
 from paramloop.errors import ParamloopError
@@ -329,6 +330,7 @@ gates_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(gates_app, name="gates")
+app.add_typer(upstream_app, name="upstream")
 
 
 @gates_app.command(name="run")

