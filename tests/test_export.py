@@ -1,4 +1,4 @@
-"""JSON Lines export of the decision log, and offline evaluation from it."""
+"""JSON Lines and Parquet exports of the decision log, and offline evaluation from them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ import pytest
 
 from paramloop.engine import Optimizer
 from paramloop.engine.evaluate import evaluate
-from paramloop.engine.export import evaluation_rows, export_jsonl, read_jsonl
+from paramloop.engine.export import (
+    evaluation_rows,
+    export_jsonl,
+    export_parquet,
+    read_export,
+    read_jsonl,
+    read_parquet,
+)
 from paramloop.errors import InputError
 from paramloop.sim.run import simulate
 from paramloop.sim.tasks import default_tasks
@@ -60,6 +67,43 @@ def test_evaluation_from_the_export_equals_evaluation_from_the_store(
     assert any("without an outcome" in note for note in from_file.notes)
 
 
+def test_parquet_round_trip_is_exact_and_evaluates_alike(
+    store: MemoryDecisionLog, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
+
+    path = tmp_path / "log.parquet"
+    assert export_parquet(store, TASK, path, chunk_size=100) == 302
+    original = [row for chunk in store.iter_logged(TASK) for row in chunk]
+    assert [row for chunk in read_parquet(path, TASK, chunk_size=7) for row in chunk] == original
+    assert [row for chunk in read_export(path, "qa") for row in chunk] == []
+    table = pq.read_table(path)
+    assert table.num_rows == 302 and table.schema.field("context_fingerprint").type == "uint64"
+    assert table.column("source").null_count == 1  # the decision still waiting for its outcome
+    config = default_tasks(task_types=[TASK], exploration=0.5)[0]
+    direct = evaluate(store, config, target="learned", resamples=300)
+    from_file = evaluate(
+        None, config, target="learned", resamples=300, rows=evaluation_rows(read_export(path, TASK))
+    )
+    assert from_file.to_dict() == direct.to_dict()
+
+
+def test_a_file_that_is_not_an_export_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa  # type: ignore[import-untyped, unused-ignore]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped, unused-ignore]
+
+    other = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"request_id": ["a"]}), other)
+    with pytest.raises(InputError, match="columns task_type, timestamp"):
+        list(read_parquet(other, TASK))
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_text("not parquet")
+    with pytest.raises(InputError, match="not a Parquet file"):
+        list(read_parquet(garbage, TASK))
+    with pytest.raises(InputError, match="no such file"):
+        list(read_parquet(tmp_path / "missing.parquet", TASK))
+
+
 def test_malformed_lines_name_the_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"decision": {"request_id": "x"}, "outcome": null}\n')
@@ -99,9 +143,11 @@ def test_cli_export_then_evaluate(tmp_path: Path) -> None:
     )
     exported = run("export", "--db", db, "-t", TASK, "--out", str(out))
     assert exported.returncode == 0 and "exported 200 decisions" in exported.stdout
+    parquet = tmp_path / "log.parquet"
+    assert run("export", "--db", db, "-t", TASK, "--out", str(parquet)).returncode == 0
     result = run(
         "evaluate",
-        "--from-jsonl",
+        "--from-file",
         str(out),
         "-t",
         TASK,
@@ -112,11 +158,25 @@ def test_cli_export_then_evaluate(tmp_path: Path) -> None:
         "--json",
     )
     assert result.returncode == 0, result.stderr
-    refused = run("evaluate", "--from-jsonl", str(out), "-t", TASK)
+    from_parquet = run(
+        "evaluate",
+        "--from-file",
+        str(parquet),
+        "-t",
+        TASK,
+        "--candidate",
+        "learned",
+        "--resamples",
+        "200",
+        "--json",
+    )
+    assert from_parquet.returncode == 0, from_parquet.stderr
+    assert from_parquet.stdout == result.stdout
+    refused = run("evaluate", "--from-file", str(out), "-t", TASK)
     assert refused.returncode == 2 and "holds no policy snapshot" in " ".join(
         refused.stderr.split()
     )
-    both = run("evaluate", "--from-jsonl", str(out), "--db", db, "-t", TASK)
-    assert both.returncode == 2 and "exactly one of --db and --from-jsonl" in " ".join(
+    both = run("evaluate", "--from-file", str(out), "--db", db, "-t", TASK)
+    assert both.returncode == 2 and "exactly one of --db and --from-file" in " ".join(
         both.stderr.split()
     )

@@ -216,29 +216,29 @@ def evaluate_command(
     db: Annotated[
         str | None, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")
     ] = None,
-    from_jsonl: Annotated[
+    from_file: Annotated[
         Path | None,
-        typer.Option(help="Read the log from a `paramloop export` file instead of --db."),
+        typer.Option(
+            help="Read the log from a `paramloop export` file (.jsonl or .parquet) instead of --db."
+        ),
     ] = None,
 ) -> None:
     """Estimate a candidate policy's value against the baseline's, from the decision log alone."""
     from paramloop.engine.evaluate import evaluate
-    from paramloop.engine.export import evaluation_rows, read_jsonl
+    from paramloop.engine.export import evaluation_rows, read_export
     from paramloop.store import open_store
     from paramloop.store.memory import MemoryDecisionLog
 
     with _reported():
         task = _evaluated_task(config, task_type, candidate)
-        if (db is None) == (from_jsonl is None):
-            raise ParamloopError("give exactly one of --db and --from-jsonl")
-        if from_jsonl is not None and candidate == "snapshot":
+        if (db is None) == (from_file is None):
+            raise ParamloopError("give exactly one of --db and --from-file")
+        if from_file is not None and candidate == "snapshot":
             raise ParamloopError(
-                "--from-jsonl holds no policy snapshot: use --candidate learned or baseline"
+                "--from-file holds no policy snapshot: use --candidate learned or baseline"
             )
         store = open_store(db) if db is not None else MemoryDecisionLog()
-        rows = (
-            evaluation_rows(read_jsonl(from_jsonl, task_type)) if from_jsonl is not None else None
-        )
+        rows = evaluation_rows(read_export(from_file, task_type)) if from_file is not None else None
         try:
             with Progress(
                 TextColumn("[bold]reading the log"),
@@ -306,20 +306,23 @@ def evaluate_command(
 def export_command(
     db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
     task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to export.")],
-    out: Annotated[Path, typer.Option(help="The JSON Lines file to write.")],
+    out: Annotated[
+        Path, typer.Option(help="The file to write: .parquet for Parquet, else JSON Lines.")
+    ],
     since: Annotated[float | None, typer.Option(help="Window start, epoch seconds.")] = None,
     until: Annotated[
         float | None, typer.Option(help="Window end (exclusive), epoch seconds.")
     ] = None,
 ) -> None:
-    """Export a task type's logged decisions and outcomes as JSON Lines (for paramloop evaluate --from-jsonl)."""
-    from paramloop.engine.export import export_jsonl
+    """Export a task type's logged decisions and outcomes as JSON Lines or Parquet (for evaluate --from-file)."""
+    from paramloop.engine.export import export_jsonl, export_parquet
     from paramloop.store import open_store
 
     with _reported():
         store = open_store(db)
+        write = export_parquet if out.suffix == ".parquet" else export_jsonl
         try:
-            count = export_jsonl(store, task_type, out, start=since, end=until)
+            count = write(store, task_type, out, start=since, end=until)
         finally:
             store.close()
     console.print(f"exported {count} decisions of {task_type!r} to {out}.")
