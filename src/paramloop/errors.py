@@ -132,3 +132,39 @@ class EvaluationError(ParamloopError, ValueError):
         self.problem = problem
         self.rows = rows
         super().__init__(f"{field}: {problem}")
+
+
+class TransitionError(ParamloopError, ValueError):
+    """A rollout transition that the transition table does not allow.
+
+    ``phase`` and ``event`` name the refused pair; ``allowed`` lists the events
+    the table accepts from that phase, so the message says what would work.
+    """
+
+    def __init__(self, phase: str, event: str, allowed: tuple[str, ...], why: str = "") -> None:
+        self.phase = phase
+        self.event = event
+        self.allowed = allowed
+        detail = f" ({why})" if why else ""
+        super().__init__(
+            f"rollout event {event!r} is not allowed from phase {phase!r}{detail}; "
+            f"allowed from {phase!r}: {', '.join(allowed) or '(none)'}"
+        )
+
+
+class BudgetExhaustedError(ParamloopError):
+    """A reservation would take a budget past its hard limit.
+
+    Not a ``ValueError``: the input is fine, the budget is spent.  ``resource``
+    is ``tokens`` or ``cost``.
+    """
+
+    def __init__(self, task_type: str, resource: str, requested: float, remaining: float) -> None:
+        self.task_type = task_type
+        self.resource = resource
+        self.requested = requested
+        self.remaining = remaining
+        super().__init__(
+            f"budget of task type {task_type!r}: reserving {requested:g} {resource} "
+            f"exceeds the {remaining:g} {resource} left today"
+        )
