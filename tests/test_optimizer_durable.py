@@ -28,7 +28,7 @@ from paramloop.engine import Optimizer, TaskConfig
 from paramloop.errors import ConflictingOutcomeError
 from paramloop.sim.tasks import default_tasks
 from paramloop.sim.world import World
-from paramloop.store.base import DecisionLog, EvaluationRow, LoggedRow, OutcomeRow
+from paramloop.store.base import DecisionLog, EvaluationRow, LoggedRow, MeasuredRow, OutcomeRow
 from paramloop.types import Decision, FeatureValue, Outcome, PolicySnapshot, RecordedOutcome
 
 StoreSpec = tuple[str, str, str | None]
@@ -350,6 +350,17 @@ class Interleaved:
 
     def count_decisions(self, task_type: str | None = None) -> int:
         return self.inner.count_decisions(task_type)
+
+    def save_measurement(
+        self, request_id: str, task_type: str, measured: Outcome, timestamp: float
+    ) -> bool:
+        return self.inner.save_measurement(request_id, task_type, measured, timestamp)
+
+    def get_measurement(self, request_id: str) -> Outcome | None:
+        return self.inner.get_measurement(request_id)
+
+    def pending_measurements(self, task_type: str, before: float, limit: int) -> list[MeasuredRow]:
+        return self.inner.pending_measurements(task_type, before, limit)
 
     def save_snapshot(self, snapshot: PolicySnapshot) -> None:
         self.inner.save_snapshot(snapshot)

@@ -168,3 +168,20 @@ class BudgetExhaustedError(ParamloopError):
             f"budget of task type {task_type!r}: reserving {requested:g} {resource} "
             f"exceeds the {remaining:g} {resource} left today"
         )
+
+
+class StaleStateError(ParamloopError):
+    """A state write was based on a version that another writer has since replaced.
+
+    Re-read the state and decide again: the other writer's change may have
+    made this one wrong (a rollback racing a promotion).
+    """
+
+    def __init__(self, kind: str, key: str, expected: int, found: int) -> None:
+        self.kind = kind
+        self.key = key
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"{kind} state of {key!r} changed meanwhile: expected version {expected}, found {found}"
+        )

@@ -100,7 +100,9 @@ class Decision:
     policy's estimate (in [0, 1]) that ``arm`` is the best feasible arm.
     ``origin`` says where the parameters came from: ``bandit:<policy>``,
     ``baseline`` or ``fallback:baseline`` (an internal failure; see
-    :attr:`error`).
+    :attr:`error`).  ``intended_arm`` is the arm the policy chose when another
+    was served (the baseline, in shadow mode or for the control group of a
+    rollout), ``None`` when the policy's choice was served.
     """
 
     request_id: str
@@ -120,6 +122,7 @@ class Decision:
     applied: bool = True
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
+    intended_arm: int | None = None
 
     @property
     def model_name(self) -> str:
@@ -144,6 +147,7 @@ class Decision:
             "applied": self.applied,
             "error": self.error,
             "schema_version": self.schema_version,
+            "intended_arm": self.intended_arm,
         }
 
     @classmethod
@@ -167,6 +171,7 @@ class Decision:
             applied=bool(data.get("applied", True)),
             error=data.get("error"),
             schema_version=int(data.get("schema_version", SCHEMA_VERSION)),
+            intended_arm=None if data.get("intended_arm") is None else int(data["intended_arm"]),
         )
 
 
@@ -307,4 +312,34 @@ class ProvenanceRecord:
     evidence: Mapping[str, Any]
     policy_versions: Mapping[str, str]
     timestamp: float
+    id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StateRecord:
+    """A small piece of engine state kept in the store: a rollout's phase, a day's budget.
+
+    ``kind`` and ``key`` name it (``rollout`` / ``summarize``); ``data`` is
+    JSON-compatible; ``version`` counts the writes, so a write based on a stale
+    read is refused (compare and swap).  The store assigns ``version``.
+    """
+
+    kind: str
+    key: str
+    data: Mapping[str, Any]
+    updated_at: float
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    """A raised alert as stored: severity, what and why, and when.  ``id`` is assigned by the store."""
+
+    severity: str
+    kind: str
+    task_type: str
+    message: str
+    evidence: Mapping[str, Any]
+    dedup_key: str
+    created_at: float
     id: int = 0

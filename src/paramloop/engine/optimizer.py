@@ -29,7 +29,7 @@ from paramloop.errors import (
     UnknownRequestError,
     UnknownTaskTypeError,
 )
-from paramloop.store.base import DecisionLog
+from paramloop.store.base import DecisionLog, MeasuredRow
 from paramloop.store.memory import MemoryDecisionLog
 from paramloop.types import Decision, FeatureValue, Outcome, PolicySnapshot, RecordedOutcome
 
@@ -49,6 +49,7 @@ class LoopStats:
     outcomes: int = 0
     duplicate_outcomes: int = 0
     default_rewards: int = 0
+    measured_outcomes: int = 0
     fallbacks: int = 0
     last_error: str | None = None
     replayed: dict[str, int] = field(default_factory=dict)
@@ -217,17 +218,24 @@ class Optimizer:
         return self._learn(state, decision, recorded)[0]
 
     def expire(self, now: float | None = None, *, limit: int = 10_000) -> int:
-        """Give the default reward to decisions whose wait window closed without an outcome.
+        """Record outcomes for decisions whose wait window closed without one.
 
-        Task types without a ``default_reward`` are skipped (their decisions stay
-        without an outcome).  Returns how many default rewards were recorded.
+        A decision with a stored measurement (``DecisionLog.save_measurement``:
+        what a proxy measured of the call while it waited for feedback) gets
+        that measurement as its outcome, without quality.  Any other gets the
+        task type's ``default_reward``, or stays without an outcome when there
+        is none.  Returns how many outcomes were recorded.
         """
         now = self.clock() if now is None else now
         count = 0
         for state in self._tasks.values():
             config = state.config
-            if config.default_reward is None:
-                continue
+            measured = self.store.pending_measurements(
+                config.name, now - config.reward_wait_s, limit
+            )
+            count += self._expire_measured(state, measured, now)
+            if config.default_reward is None or len(measured) >= limit:
+                continue  # a full batch of measurements: defaults wait for the next call
             for decision in self.store.pending_decisions(
                 config.name, now - config.reward_wait_s, limit
             ):
@@ -245,7 +253,28 @@ class Optimizer:
                 except ConflictingOutcomeError:
                     continue  # the real outcome arrived meanwhile (another thread or replica): it wins
                 count += new
-        self.stats.default_rewards += count
+                self.stats.default_rewards += new
+        return count
+
+    def _expire_measured(self, state: _TaskState, rows: list[MeasuredRow], now: float) -> int:
+        config = state.config
+        count = 0
+        for decision, measured in rows:
+            recorded = RecordedOutcome(
+                request_id=decision.request_id,
+                task_type=config.name,
+                outcome=measured,
+                reward=config.reward(measured),
+                reward_version=config.reward.version,
+                source="observed",
+                timestamp=now,
+            )
+            try:
+                _, new = self._learn(state, decision, recorded)
+            except ConflictingOutcomeError:
+                continue  # the feedback arrived meanwhile: it wins
+            count += new
+        self.stats.measured_outcomes += count
         return count
 
     def save_snapshots(self) -> None:

@@ -13,19 +13,30 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
+from paramloop.errors import OutcomeError
 from paramloop.store.records import dumps
 from paramloop.types import (
+    AlertRecord,
     Decision,
     GateReportRecord,
+    Outcome,
     PolicySnapshot,
     ProvenanceRecord,
     RecordedOutcome,
+    StateRecord,
 )
 
 #: A logged decision joined with its outcome (``None`` while none has arrived).
 LoggedRow = tuple[Decision, RecordedOutcome | None]
 #: A logged decision with its (present) outcome.
 OutcomeRow = tuple[Decision, RecordedOutcome]
+#: A logged decision still without an outcome, with what was measured of its call.
+MeasuredRow = tuple[Decision, Outcome]
+
+#: The fields of an :class:`~paramloop.types.Outcome` a measurement may carry: what a
+#: proxy sees of the call itself.  Quality, feedback and an explicit reward arrive later,
+#: with the outcome.
+MEASURED_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "cost", "error")
 
 #: What offline evaluation reads of a logged decision, in the order of :data:`EvaluationRow`.
 EVALUATION_COLUMNS = (
@@ -66,6 +77,17 @@ EvaluationRow = tuple[
     int | None,  # completion_tokens
     float | None,  # cost
 ]
+
+
+def check_measured(measured: Outcome) -> None:
+    """Refuse a measurement that carries more than :data:`MEASURED_FIELDS` (``OutcomeError``)."""
+    for name in ("quality", "feedback", "reward"):
+        if getattr(measured, name) is not None:
+            raise OutcomeError(
+                name,
+                "a measurement holds what was measured of the call (latency, tokens, cost, "
+                "error); quality, feedback and reward arrive with the outcome",
+            )
 
 
 def evaluation_row(decision: Decision, recorded: RecordedOutcome | None) -> EvaluationRow:
@@ -164,6 +186,29 @@ class DecisionLog(Protocol):
     def count_decisions(self, task_type: str | None = None) -> int:
         """Number of logged decisions (of one task type, or all)."""
 
+    def save_measurement(
+        self, request_id: str, task_type: str, measured: Outcome, timestamp: float
+    ) -> bool:
+        """Keep what was measured of a logged decision's call until its outcome is recorded.
+
+        ``measured`` holds only :data:`MEASURED_FIELDS` (an ``OutcomeError`` names a
+        field that is set beyond them).  Write-once per request id: saving the
+        same measurement again returns ``False`` (``True`` when new); a
+        different one raises ``ConflictingOutcomeError``.  Also raises
+        ``UnknownRequestError`` and, for a task type other than the decision's,
+        ``OutcomeError``.
+        """
+
+    def get_measurement(self, request_id: str) -> Outcome | None:
+        """The measurement saved for ``request_id``, or ``None``."""
+
+    def pending_measurements(self, task_type: str, before: float, limit: int) -> list[MeasuredRow]:
+        """Decisions logged strictly before ``before`` with a measurement and no outcome.
+
+        Oldest first (by timestamp, then insertion order), as
+        :meth:`pending_decisions`.
+        """
+
     def save_snapshot(self, snapshot: PolicySnapshot) -> None:
         """Store a policy snapshot (snapshots are append-only history)."""
 
@@ -219,5 +264,49 @@ class AuditLog(Protocol):
 
 
 @runtime_checkable
-class Store(DecisionLog, AuditLog, Protocol):
-    """One store object serving both protocols: what :func:`~paramloop.store.open_store` returns."""
+class StateStore(Protocol):
+    """Small versioned engine state (rollouts, budgets) and the alerts raised.
+
+    A state is a JSON document under ``(kind, key)`` written by compare and
+    swap: :meth:`put_state` names the version it read (0: "I read nothing")
+    and is refused with :class:`~paramloop.errors.StaleStateError` when another
+    writer got there first — across threads, processes and machines sharing
+    the database.  Every write is one committed transaction.  Invalid records
+    are refused as in :class:`AuditLog` (``ConfigError`` naming the field,
+    ``StoreError`` for values no database holds exactly).
+    """
+
+    def get_state(self, kind: str, key: str) -> StateRecord | None:
+        """The state stored under ``(kind, key)``, or ``None``."""
+
+    def put_state(self, record: StateRecord, expected_version: int) -> StateRecord:
+        """Write ``record`` if the stored version is ``expected_version``; returns it as stored.
+
+        The stored version becomes ``expected_version + 1`` (``record.version``
+        is ignored).
+        """
+
+    def list_states(self, kind: str) -> list[StateRecord]:
+        """Every state of ``kind``, by key."""
+
+    def append_alert(self, alert: AlertRecord) -> AlertRecord:
+        """Store an alert; returns it with its assigned ``id``."""
+
+    def list_alerts(
+        self,
+        task_type: str | None = None,
+        *,
+        dedup_key: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[AlertRecord]:
+        """Up to ``limit`` alerts, newest first; of ``task_type``, ``dedup_key`` and
+        created at or after ``since`` when these are given."""
+
+    def close(self) -> None:
+        """Release connections.  Idempotent."""
+
+
+@runtime_checkable
+class Store(DecisionLog, AuditLog, StateStore, Protocol):
+    """One store object serving every protocol: what :func:`~paramloop.store.open_store` returns."""

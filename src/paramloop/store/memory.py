@@ -24,22 +24,38 @@ from paramloop.errors import (
     ConflictingOutcomeError,
     DuplicateRequestError,
     OutcomeError,
+    StaleStateError,
     StoreError,
     UnknownRequestError,
 )
-from paramloop.store.base import EvaluationRow, LoggedRow, OutcomeRow, evaluation_row
+from paramloop.store.base import (
+    EvaluationRow,
+    LoggedRow,
+    MeasuredRow,
+    OutcomeRow,
+    check_measured,
+    evaluation_row,
+)
 from paramloop.store.records import (
+    alert_from_row,
+    alert_row,
+    check_expected_version,
     gate_report_from_row,
     gate_report_row,
     provenance_from_row,
     provenance_row,
+    state_from_row,
+    state_row,
 )
 from paramloop.types import (
+    AlertRecord,
     Decision,
     GateReportRecord,
+    Outcome,
     PolicySnapshot,
     ProvenanceRecord,
     RecordedOutcome,
+    StateRecord,
 )
 
 # The values of ``outcomes.source`` (``paramloop.store.schema.OUTCOME_SOURCES``),
@@ -69,9 +85,12 @@ class MemoryDecisionLog:
         self._outcomes: dict[str, RecordedOutcome] = {}
         self._by_seq: list[RecordedOutcome] = []  # seq n is at index n - 1
         self._snapshots: dict[str, PolicySnapshot] = {}
+        self._measurements: dict[str, Outcome] = {}
         self._gate_reports: list[_Row] = []  # id n is at index n - 1
         self._latest_gate_report: dict[str, _Row] = {}
         self._provenance: list[_Row] = []  # id n is at index n - 1
+        self._states: dict[tuple[str, str], _Row] = {}
+        self._alerts: list[_Row] = []  # id n is at index n - 1
         self._closed = False
 
     @property
@@ -234,6 +253,49 @@ class MemoryDecisionLog:
                 return len(self._log)
             return sum(1 for d in self._log if d.task_type == task_type)
 
+    def save_measurement(
+        self, request_id: str, task_type: str, measured: Outcome, timestamp: float
+    ) -> bool:
+        check_measured(measured)
+        with self._lock:
+            self._check_open("save_measurement")
+            decision = self._decisions.get(request_id)
+            if decision is None:
+                raise UnknownRequestError(request_id)
+            if decision.task_type != task_type:
+                raise OutcomeError(
+                    "task_type",
+                    f"is {task_type!r} but request_id {request_id!r} was logged under task "
+                    f"type {decision.task_type!r}",
+                )
+            existing = self._measurements.get(request_id)
+            if existing is None:
+                self._measurements[request_id] = measured
+                return True
+        if existing == measured:
+            return False
+        raise ConflictingOutcomeError(request_id)
+
+    def get_measurement(self, request_id: str) -> Outcome | None:
+        with self._lock:
+            self._check_open("get_measurement")
+            return self._measurements.get(request_id)
+
+    def pending_measurements(self, task_type: str, before: float, limit: int) -> list[MeasuredRow]:
+        _check_limit("limit", limit, minimum=0)
+        with self._lock:
+            self._check_open("pending_measurements")
+            pending = (
+                ((d.timestamp, i), d)
+                for i, d in enumerate(self._log)
+                if d.task_type == task_type
+                and d.timestamp < before
+                and d.request_id in self._measurements
+                and d.request_id not in self._outcomes
+            )
+            chosen = heapq.nsmallest(limit, pending, key=_key_of)
+            return [(d, self._measurements[d.request_id]) for _, d in chosen]
+
     def save_snapshot(self, snapshot: PolicySnapshot) -> None:
         with self._lock:
             self._check_open("save_snapshot")
@@ -293,6 +355,60 @@ class MemoryDecisionLog:
                 ):
                     rows.append(row)
         return [provenance_from_row(row) for row in rows]
+
+    # -- StateStore: kept as the rows the SQL stores would write, like the audit log --
+
+    def get_state(self, kind: str, key: str) -> StateRecord | None:
+        with self._lock:
+            self._check_open("get_state")
+            row = self._states.get((kind, key))
+        return None if row is None else state_from_row(row)
+
+    def put_state(self, record: StateRecord, expected_version: int) -> StateRecord:
+        expected = check_expected_version(expected_version)
+        row = {**state_row(record), "version": expected + 1}
+        with self._lock:
+            self._check_open("put_state")
+            current = self._states.get((row["kind"], row["key"]))
+            found = 0 if current is None else int(current["version"])
+            if found != expected:
+                raise StaleStateError(row["kind"], row["key"], expected, found)
+            self._states[(row["kind"], row["key"])] = row
+        return state_from_row(row)
+
+    def list_states(self, kind: str) -> list[StateRecord]:
+        with self._lock:
+            self._check_open("list_states")
+            rows = [row for (k, _), row in sorted(self._states.items()) if k == kind]
+        return [state_from_row(row) for row in rows]
+
+    def append_alert(self, alert: AlertRecord) -> AlertRecord:
+        row = alert_row(alert)
+        with self._lock:
+            self._check_open("append_alert")
+            row["id"] = len(self._alerts) + 1
+            self._alerts.append(row)
+        return alert_from_row(row)
+
+    def list_alerts(
+        self,
+        task_type: str | None = None,
+        *,
+        dedup_key: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[AlertRecord]:
+        _check_limit("limit", limit, minimum=0)
+        with self._lock:
+            self._check_open("list_alerts")
+            rows = [
+                row
+                for row in reversed(self._alerts)
+                if (task_type is None or row["task_type"] == task_type)
+                and (dedup_key is None or row["dedup_key"] == dedup_key)
+                and (since is None or row["created_at"] >= since)
+            ][:limit]
+        return [alert_from_row(row) for row in rows]
 
     def close(self) -> None:
         with self._lock:

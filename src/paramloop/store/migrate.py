@@ -21,7 +21,7 @@ from paramloop.errors import StoreError
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: The revision this version of paramloop writes and reads.
-HEAD = "0002"
+HEAD = "0004"
 
 
 def upgrade(connection: Connection, revision: str = "head") -> None:

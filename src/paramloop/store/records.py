@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from paramloop.errors import ConfigError, StoreError
-from paramloop.types import GateReportRecord, ProvenanceRecord
+from paramloop.types import AlertRecord, GateReportRecord, ProvenanceRecord, StateRecord
 
 #: Values of ``gate_reports.verdict`` (the values of ``paramloop.core.gates.Verdict``).
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -137,6 +137,69 @@ def provenance_from_row(row: Mapping[Any, Any]) -> ProvenanceRecord:
         timestamp=float(row["timestamp"]),
         id=int(row["id"]),
     )
+
+
+#: Values of ``alerts.severity``.
+SEVERITIES = ("info", "warning", "critical")
+
+
+def state_row(record: StateRecord) -> dict[str, Any]:
+    """The ``engine_state`` row of ``record`` (without its version), or the error that refuses it."""
+    return {
+        "kind": _required_text("state.kind", record.kind),
+        "key": _required_text("state.key", record.key),
+        "data": _json_object("state.data", record.data),
+        "updated_at": _real_number("state.updated_at", record.updated_at),
+    }
+
+
+def state_from_row(row: Mapping[Any, Any]) -> StateRecord:
+    return StateRecord(
+        kind=row["kind"],
+        key=row["key"],
+        data=json.loads(row["data"]),
+        updated_at=float(row["updated_at"]),
+        version=int(row["version"]),
+    )
+
+
+def alert_row(alert: AlertRecord) -> dict[str, Any]:
+    """The ``alerts`` row of ``alert`` (without its id), or the error that refuses it."""
+    _check_unsaved("alert", alert.id)
+    if alert.severity not in SEVERITIES:
+        raise ConfigError(
+            "alert.severity", f"must be one of {', '.join(SEVERITIES)}, got {alert.severity!r}"
+        )
+    return {
+        "severity": SEVERITIES[SEVERITIES.index(alert.severity)],
+        "kind": _required_text("alert.kind", alert.kind),
+        "task_type": _required_text("alert.task_type", alert.task_type),
+        "message": storable_text("alert.message", _string("alert.message", alert.message)),
+        "evidence": _json_object("alert.evidence", alert.evidence),
+        "dedup_key": _required_text("alert.dedup_key", alert.dedup_key),
+        "created_at": _real_number("alert.created_at", alert.created_at),
+    }
+
+
+def alert_from_row(row: Mapping[Any, Any]) -> AlertRecord:
+    return AlertRecord(
+        severity=row["severity"],
+        kind=row["kind"],
+        task_type=row["task_type"],
+        message=row["message"],
+        evidence=json.loads(row["evidence"]),
+        dedup_key=row["dedup_key"],
+        created_at=float(row["created_at"]),
+        id=int(row["id"]),
+    )
+
+
+def check_expected_version(expected_version: object) -> int:
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int):
+        raise ConfigError("expected_version", f"must be an integer, got {expected_version!r}")
+    if expected_version < 0:
+        raise ConfigError("expected_version", f"must be ≥ 0, got {expected_version!r}")
+    return expected_version
 
 
 # -- checks ----------------------------------------------------------------------------

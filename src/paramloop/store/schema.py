@@ -11,6 +11,9 @@ this metadata agree.
 existing dashboards and queries keep working; ``log_propensity`` holds the
 propensity itself, not its logarithm.
 
+``measurements`` (revision 0003) holds what a proxy measured of a call until
+its outcome is recorded.
+
 ``provenance`` is append-only in the database itself: revision 0002 adds
 triggers that make every UPDATE and DELETE on it (and TRUNCATE, on
 PostgreSQL) fail.  Metadata cannot express triggers, so they are not here.
@@ -70,6 +73,7 @@ logged_decisions = Table(
     Column("error", Text, nullable=True),
     Column("schema_version", Integer, nullable=False),
     Column("reward", Double, nullable=True),
+    Column("intended_arm", Integer, nullable=True),
     UniqueConstraint("request_id", name="uq_logged_decisions_request_id"),
 )
 # ``id`` breaks ties between equal timestamps, so keyset pagination in
@@ -170,3 +174,60 @@ provenance = Table(
     sqlite_autoincrement=True,
 )
 Index("ix_provenance_task_type_id", provenance.c.task_type, provenance.c.id)
+
+# -- measurements (revision 0003) ---------------------------------------------------
+# What a proxy measured of a call (latency, tokens, cost, error) while its outcome
+# waits for feedback: joined with the feedback into the outcome, or recorded alone
+# when the reward wait window closes.  Write-once per request id.
+
+measurements = Table(
+    "measurements",
+    metadata,
+    Column(
+        "request_id",
+        Text,
+        ForeignKey(
+            "logged_decisions.request_id", name="fk_measurements_request_id_logged_decisions"
+        ),
+        primary_key=True,
+    ),
+    Column("task_type", Text, nullable=False),
+    Column("latency_ms", Double, nullable=True),
+    Column("prompt_tokens", BigInteger, nullable=True),
+    Column("completion_tokens", BigInteger, nullable=True),
+    Column("cost", Double, nullable=True),
+    Column("error", Boolean, nullable=False),
+    Column("timestamp", Double, nullable=False),
+)
+
+# -- engine state and alerts (revision 0004) ----------------------------------------
+# Small versioned JSON documents (a rollout's state, a day's budget) written by
+# compare and swap, and the alerts raised.  Decisions gain the arm the policy
+# intended when another was served (shadow mode, control group).
+
+engine_state = Table(
+    "engine_state",
+    metadata,
+    Column("kind", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("data", Text, nullable=False),  # JSON
+    Column("version", BigInteger, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", _ID, primary_key=True, autoincrement=True),
+    Column("severity", Text, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("task_type", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("evidence", Text, nullable=False),  # JSON
+    Column("dedup_key", Text, nullable=False),
+    Column("created_at", Double, nullable=False),
+    CheckConstraint("severity IN ('info', 'warning', 'critical')", name="ck_alerts_severity"),
+    sqlite_autoincrement=True,
+)
+Index("ix_alerts_task_type_id", alerts.c.task_type, alerts.c.id)
+Index("ix_alerts_dedup_key_created_at", alerts.c.dedup_key, alerts.c.created_at)

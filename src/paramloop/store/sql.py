@@ -43,34 +43,45 @@ from paramloop.errors import (
     ConflictingOutcomeError,
     DuplicateRequestError,
     OutcomeError,
+    StaleStateError,
     StoreError,
     UnknownRequestError,
 )
-from paramloop.store.base import EvaluationRow, LoggedRow, OutcomeRow
+from paramloop.store.base import EvaluationRow, LoggedRow, MeasuredRow, OutcomeRow, check_measured
 from paramloop.store.records import (
+    alert_from_row,
+    alert_row,
+    check_expected_version,
     dumps,
     gate_report_from_row,
     gate_report_row,
     provenance_from_row,
     provenance_row,
+    state_from_row,
+    state_row,
     storable_real,
     storable_text,
 )
 from paramloop.store.schema import (
     OUTCOME_SOURCES,
+    alerts,
+    engine_state,
     gate_reports,
     logged_decisions,
+    measurements,
     outcomes,
     policy_snapshots,
     provenance,
 )
 from paramloop.types import (
+    AlertRecord,
     Decision,
     GateReportRecord,
     Outcome,
     PolicySnapshot,
     ProvenanceRecord,
     RecordedOutcome,
+    StateRecord,
 )
 
 _INT64_MIN = -(2**63)
@@ -86,6 +97,9 @@ _O = outcomes.c
 _S = policy_snapshots.c
 _G = gate_reports.c
 _P = provenance.c
+_E = engine_state.c
+_A = alerts.c
+_M = measurements.c
 
 # A decision with its outcome: outcome columns are prefixed ``o_`` because
 # both tables have request_id, task_type, error, reward and timestamp.
@@ -122,6 +136,14 @@ _GET_OUTCOME = select(outcomes).where(_O.request_id == bindparam("b_request_id")
 _DECISION_AND_OUTCOME = (
     select(_D.task_type, *_OUTCOME_COLUMNS)
     .select_from(logged_decisions.outerjoin(outcomes, _O.request_id == _D.request_id))
+    .where(_D.request_id == bindparam("b_request_id"))
+)
+_MEASUREMENT_COLUMNS = [column.label(f"m_{column.name}") for column in measurements.c]
+_INSERT_MEASUREMENT = measurements.insert()
+_GET_MEASUREMENT = select(measurements).where(_M.request_id == bindparam("b_request_id"))
+_DECISION_AND_MEASUREMENT = (
+    select(_D.task_type, *_MEASUREMENT_COLUMNS)
+    .select_from(logged_decisions.outerjoin(measurements, _M.request_id == _D.request_id))
     .where(_D.request_id == bindparam("b_request_id"))
 )
 _MARK_DECIDED = (
@@ -385,6 +407,57 @@ class SQLDecisionLog(ABC):
         with self._transaction("count_decisions", write=False) as conn:
             return int(conn.execute(query).scalar_one())
 
+    def save_measurement(
+        self, request_id: str, task_type: str, measured: Outcome, timestamp: float
+    ) -> bool:
+        row = _measurement_row(request_id, task_type, measured, timestamp)
+        try:
+            with self._transaction("save_measurement", write=True, pass_integrity=True) as conn:
+                found = (
+                    conn.execute(_DECISION_AND_MEASUREMENT, {"b_request_id": request_id})
+                    .mappings()
+                    .one_or_none()
+                )
+                if found is None:
+                    raise UnknownRequestError(request_id)
+                if found["task_type"] != task_type:
+                    raise measurement_task_type_mismatch(request_id, task_type, found["task_type"])
+                if found["m_request_id"] is None:
+                    conn.execute(_INSERT_MEASUREMENT, row)
+                    return True
+                existing = _measurement_from_row(found, prefix="m_")
+        except IntegrityError as exc:
+            # Saved by another process between our read and our insert.
+            raced = self.get_measurement(request_id)
+            if raced is None:
+                raise self._store_error("save_measurement", exc) from exc
+            existing = raced
+        if existing == measured:
+            return False
+        raise ConflictingOutcomeError(request_id)
+
+    def get_measurement(self, request_id: str) -> Outcome | None:
+        with self._transaction("get_measurement", write=False) as conn:
+            row = (
+                conn.execute(_GET_MEASUREMENT, {"b_request_id": request_id})
+                .mappings()
+                .one_or_none()
+            )
+        return None if row is None else _measurement_from_row(row)
+
+    def pending_measurements(self, task_type: str, before: float, limit: int) -> list[MeasuredRow]:
+        _check_limit("limit", limit, minimum=0)
+        query = (
+            select(logged_decisions, *_MEASUREMENT_COLUMNS)
+            .select_from(logged_decisions.join(measurements, _M.request_id == _D.request_id))
+            .where(_D.task_type == task_type, _D.outcome.is_(None), _D.timestamp < before)
+            .order_by(_D.timestamp, _D.id)
+            .limit(limit)
+        )
+        with self._transaction("pending_measurements", write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [(_decision_from_row(row), _measurement_from_row(row, prefix="m_")) for row in rows]
+
     def save_snapshot(self, snapshot: PolicySnapshot) -> None:
         row = {
             "task_type": storable_text("snapshot.task_type", snapshot.task_type),
@@ -459,6 +532,74 @@ class SQLDecisionLog(ABC):
         with self._transaction("list_provenance", write=False) as conn:
             rows = conn.execute(query).mappings().all()
         return [provenance_from_row(row) for row in rows]
+
+    # -- StateStore ----------------------------------------------------------
+
+    def get_state(self, kind: str, key: str) -> StateRecord | None:
+        query = select(engine_state).where(_E.kind == kind, _E.key == key)
+        with self._transaction("get_state", write=False) as conn:
+            row = conn.execute(query).mappings().one_or_none()
+        return None if row is None else state_from_row(row)
+
+    def put_state(self, record: StateRecord, expected_version: int) -> StateRecord:
+        expected = check_expected_version(expected_version)
+        row = {**state_row(record), "version": expected + 1}
+        found: int | None = None
+        try:
+            with self._transaction("put_state", write=True, pass_integrity=True) as conn:
+                if expected == 0:
+                    conn.execute(engine_state.insert(), row)
+                else:
+                    changed = conn.execute(
+                        engine_state.update()
+                        .where(_E.kind == row["kind"], _E.key == row["key"], _E.version == expected)
+                        .values(
+                            data=row["data"], version=row["version"], updated_at=row["updated_at"]
+                        )
+                    ).rowcount
+                    if changed != 1:
+                        current = conn.execute(
+                            select(_E.version).where(_E.kind == row["kind"], _E.key == row["key"])
+                        ).scalar_one_or_none()
+                        found = 0 if current is None else int(current)
+        except IntegrityError:
+            current_record = self.get_state(row["kind"], row["key"])
+            found = 0 if current_record is None else current_record.version
+        if found is not None:
+            raise StaleStateError(row["kind"], row["key"], expected, found)
+        return state_from_row(row)
+
+    def list_states(self, kind: str) -> list[StateRecord]:
+        query = select(engine_state).where(_E.kind == kind).order_by(_E.key)
+        with self._transaction("list_states", write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [state_from_row(row) for row in rows]
+
+    def append_alert(self, alert: AlertRecord) -> AlertRecord:
+        row = alert_row(alert)
+        with self._transaction("append_alert", write=True) as conn:
+            row["id"] = self._insert_returning_id(conn, alerts.insert(), row)
+        return alert_from_row(row)
+
+    def list_alerts(
+        self,
+        task_type: str | None = None,
+        *,
+        dedup_key: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[AlertRecord]:
+        _check_limit("limit", limit, minimum=0)
+        query = select(alerts).order_by(_A.id.desc()).limit(limit)
+        if task_type is not None:
+            query = query.where(_A.task_type == task_type)
+        if dedup_key is not None:
+            query = query.where(_A.dedup_key == dedup_key)
+        if since is not None:
+            query = query.where(_A.created_at >= since)
+        with self._transaction("list_alerts", write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+        return [alert_from_row(row) for row in rows]
 
     def close(self) -> None:
         if self._closed:
@@ -573,6 +714,9 @@ def _decision_row(decision: Decision) -> dict[str, Any]:
         "schema_version": _int_range(
             "schema_version", decision.schema_version, -(2**31), 2**31 - 1
         ),
+        "intended_arm": None
+        if decision.intended_arm is None
+        else _int_range("intended_arm", decision.intended_arm, -(2**31), 2**31 - 1),
     }
 
 
@@ -597,6 +741,7 @@ def _decision_from_row(row: RowMapping) -> Decision:
             "applied": row["applied"],
             "error": row["error"],
             "schema_version": row["schema_version"],
+            "intended_arm": row["intended_arm"],
         }
     )
 
@@ -660,6 +805,44 @@ def _outcome_from_row(row: RowMapping, prefix: str = "") -> RecordedOutcome:
         source=col("source"),
         timestamp=float(col("timestamp")),
         seq=int(col("seq")),
+    )
+
+
+def _measurement_row(
+    request_id: str, task_type: str, measured: Outcome, timestamp: float
+) -> dict[str, Any]:
+    check_measured(measured)
+    return {
+        "request_id": storable_text("request_id", request_id),
+        "task_type": storable_text("task_type", task_type),
+        "latency_ms": _optional_real("measurement.latency_ms", measured.latency_ms),
+        "prompt_tokens": _optional_int64("measurement.prompt_tokens", measured.prompt_tokens),
+        "completion_tokens": _optional_int64(
+            "measurement.completion_tokens", measured.completion_tokens
+        ),
+        "cost": _optional_real("measurement.cost", measured.cost),
+        "error": bool(measured.error),
+        "timestamp": storable_real("timestamp", timestamp),
+    }
+
+
+def _measurement_from_row(row: RowMapping, prefix: str = "") -> Outcome:
+    return Outcome(
+        latency_ms=row[prefix + "latency_ms"],
+        prompt_tokens=row[prefix + "prompt_tokens"],
+        completion_tokens=row[prefix + "completion_tokens"],
+        cost=row[prefix + "cost"],
+        error=bool(row[prefix + "error"]),
+    )
+
+
+def measurement_task_type_mismatch(
+    request_id: str, task_type: str, logged_task_type: str
+) -> OutcomeError:
+    return OutcomeError(
+        "task_type",
+        f"is {task_type!r} but request_id {request_id!r} was logged under task type "
+        f"{logged_task_type!r}",
     )
 
 
