@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import math
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from paramloop.core.budget import BudgetLimits
 from paramloop.core.features import (
     BoolFeature,
     CategoricalFeature,
@@ -38,13 +39,17 @@ from paramloop.core.features import (
     NumericFeature,
     published_features,
 )
+from paramloop.core.monitor import SLOConfig
 from paramloop.core.policies import POLICIES, ArmDesign, Policy, make_policy
 from paramloop.core.reward import REWARD_RANGE, RewardFunction
+from paramloop.core.rollout import RolloutPlan
 from paramloop.core.space import ModelRule, ParameterSpace, TrustRegion
+from paramloop.engine.rollout import DriftSettings, RolloutSettings
 from paramloop.errors import ConfigError
 from paramloop.types import Params
 
 DEFAULT_POLICY = "linucb"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,10 @@ class TaskConfig:
     reward_wait_s: float = 3600.0
     default_reward: float | None = None
     snapshot_every: int = 1_000
+    #: The rollout plan, SLO rules and drift detection of this task type (see engine.rollout).
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    #: Daily token and cost budgets (``None``: no budget).
+    budget: BudgetLimits | None = None
 
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
@@ -150,6 +159,10 @@ _TASK_KEYS = {
     "reward",
     "features",
     "stop",
+    "rollout",
+    "slo",
+    "drift",
+    "budget",
 }
 _REWARD_KEYS = {f.name for f in fields(RewardFunction)}
 _RULE_KEYS = {"rejects", "fixed", "max_tokens_field", "max_tokens_limit"}
@@ -193,7 +206,7 @@ def _task(name: str, body: Mapping[str, Any], rules: Sequence[ModelRule]) -> Tas
     _only(reward_table, _REWARD_KEYS, f"{where}.reward")
     radius = dict(body.get("trust_region", {}))
     allowed = {k: tuple(radius.pop(k)) for k in ("model", "prompt_variant") if k in radius}
-    options = {
+    options: dict[str, Any] = {
         k: body[k]
         for k in (
             "policy",
@@ -205,6 +218,19 @@ def _task(name: str, body: Mapping[str, Any], rules: Sequence[ModelRule]) -> Tas
         )
         if k in body
     }
+    try:
+        options["rollout"] = RolloutSettings(
+            plan=RolloutPlan.from_mapping(_table(body, "rollout"), f"{where}.rollout"),
+            slo=_dataclass(SLOConfig, _table(body, "slo"), f"{where}.slo"),
+            drift=_dataclass(DriftSettings, _table(body, "drift"), f"{where}.drift"),
+        )
+        if "budget" in body:
+            options["budget"] = _dataclass(BudgetLimits, _table(body, "budget"), f"{where}.budget")
+    except ConfigError as exc:
+        field_name = exc.field.split(".", 1)[-1]
+        if exc.field.startswith("tasks."):
+            raise
+        raise ConfigError(f"{where}.{exc.field.split('.')[0]}.{field_name}", exc.problem) from None
     try:
         return task(
             name,
@@ -223,6 +249,61 @@ def _task(name: str, body: Mapping[str, Any], rules: Sequence[ModelRule]) -> Tas
         if exc.field.startswith("tasks."):
             raise
         raise ConfigError(f"{where}.{exc.field}", exc.problem) from None
+
+
+def _dataclass(cls: Callable[..., T], body: Mapping[str, Any], where: str) -> T:
+    """``cls(**body)`` with unknown keys and wrong types named by their dotted path."""
+    _only(body, {f.name for f in fields(cls)}, where)  # type: ignore[arg-type]
+    try:
+        return cls(**dict(body))
+    except TypeError as exc:
+        raise ConfigError(where, f"invalid value: {exc}") from None
+
+
+#: Environment variables that override every task type's SLO rules (the published names).
+SLO_ENV = ("SLO_LATENCY_P99_MS", "SLO_QUALITY_MIN", "SLO_ERROR_RATE_MAX")
+
+
+def apply_env(
+    configs: Mapping[str, TaskConfig], environ: Mapping[str, str]
+) -> dict[str, TaskConfig]:
+    """The configurations with the SLO environment variables applied to every task type.
+
+    ``SLO_LATENCY_P99_MS``: an absolute p99 latency cap (ms) for the treatment group, on
+    top of the relative rule.  ``SLO_QUALITY_MIN``: the lowest acceptable treatment quality
+    as a share of the control's (0.95 = at most 5 % lower).  ``SLO_ERROR_RATE_MAX``: the
+    highest acceptable treatment error rate (0.01 = 1 %).
+    """
+    changes: dict[str, Any] = {}
+    for name in SLO_ENV:
+        raw = environ.get(name)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(name, f"must be a number, got {raw!r}") from None
+        if name == "SLO_LATENCY_P99_MS":
+            changes["latency_p99_max_ms"] = value
+        elif name == "SLO_QUALITY_MIN":
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(
+                    name, f"must be in (0, 1] (a share of the control's quality), got {raw!r}"
+                )
+            changes["quality_drop"] = 1.0 - value
+            changes["quality_drop_relative"] = True
+        else:
+            changes["error_rate_max"] = value
+    if not changes:
+        return dict(configs)
+    out = {}
+    for name, config in configs.items():
+        try:
+            slo = replace(config.rollout.slo, **changes)
+        except ConfigError as exc:
+            raise ConfigError(f"environment ({', '.join(SLO_ENV)})", exc.problem) from None
+        out[name] = replace(config, rollout=replace(config.rollout, slo=slo))
+    return out
 
 
 def _feature(where: str, spec: Any) -> Feature:

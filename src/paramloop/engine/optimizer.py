@@ -16,9 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from paramloop.core.assignment import Group
 from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
 from paramloop.core.policies.base import FloatArray
 from paramloop.engine.config import TaskConfig
+from paramloop.engine.rollout import RolloutController
 from paramloop.errors import (
     ConflictingOutcomeError,
     DuplicateRequestError,
@@ -94,6 +96,7 @@ class Optimizer:
         *,
         clock: Callable[[], float] = time.time,
         restore: bool = True,
+        rollout: RolloutController | None = None,
     ) -> None:
         configs = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
         names = [config.name for config in configs]
@@ -101,6 +104,7 @@ class Optimizer:
             raise InputError("tasks", f"task type names must be unique, got {names}")
         self.store: DecisionLog = store if store is not None else MemoryDecisionLog()
         self.clock = clock
+        self.rollout = rollout
         self.stats = LoopStats()
         self._tasks = {config.name: _TaskState(config, config.new_policy()) for config in configs}
         # Recent decisions with their context vectors, so an outcome needs no store read
@@ -130,8 +134,17 @@ class Optimizer:
         *,
         request_id: str | None = None,
         seed: int | None = None,
+        unit_id: str | None = None,
     ) -> Decision:
         """Choose the parameters of one call, log the decision, and return it.
+
+        With a :class:`~paramloop.engine.rollout.RolloutController`, the unit
+        (``unit_id``, default the request id: a user id keeps a user in one
+        group) is bucketed into treatment (the policy's choice is served) or
+        control (the baseline is served, the policy's choice is logged as
+        ``intended_arm``), and the logged propensity is the split's mixture
+        ``t·π(a|x) + (1 − t)·1[a = baseline]``.  Without one, every request is
+        treatment (``t = 1``).
 
         Raises ``UnknownTaskTypeError``, ``FeatureError`` (a context feature is
         wrong), ``InputError`` (request id or seed) or ``DuplicateRequestError``.
@@ -146,8 +159,15 @@ class Optimizer:
             isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < _SEED_LIMIT
         ):
             raise InputError("seed", f"must be an integer in [0, 2**63), got {seed!r}")
+        if unit_id is not None and (not isinstance(unit_id, str) or not unit_id):
+            raise InputError("unit_id", f"must be a non-empty string, got {unit_id!r}")
         now = self.clock()
+        phase = "general"
         try:
+            route = None
+            if self.rollout is not None:
+                route = self.rollout.route(task_type, unit_id or request_id)
+                phase = str(route.phase)
             with state.lock:
                 policy = state.policy
                 revision = policy.revision
@@ -158,31 +178,50 @@ class Optimizer:
                     derive_seed(seed if seed is not None else request_id, fp, revision),
                     config.effective_exploration,
                 )
+            arm, propensity, intended = choice.arm, choice.propensity, None
+            origin = "baseline" if policy.name == "baseline" else f"bandit:{policy.label}"
+            if route is not None and route.share < 1.0:
+                baseline = config.space.baseline_arm
+                if route.group is Group.TREATMENT:
+                    propensity = route.share * choice.propensity + (1.0 - route.share) * (
+                        arm == baseline
+                    )
+                else:
+                    arm, intended, origin = baseline, choice.arm, "baseline"
+                    propensity = route.share * choice.baseline_probability + (1.0 - route.share)
+                propensity = min(1.0, propensity)  # t·π + (1 − t) can round a hair above 1
             decision = Decision(
                 request_id=request_id,
                 task_type=task_type,
-                arm=choice.arm,
-                params=config.space.params(choice.arm, seed=seed),
-                propensity=choice.propensity,
+                arm=arm,
+                params=config.space.params(arm, seed=seed),
+                propensity=propensity,
                 confidence=choice.confidence,
                 policy=policy.label,
                 policy_revision=revision,
-                origin="baseline" if policy.name == "baseline" else f"bandit:{policy.label}",
+                origin=origin,
                 context=features,
                 context_fingerprint=fp,
                 timestamp=now,
                 seed=seed,
+                phase=phase,
+                intended_arm=intended,
             )
         except Exception as exc:  # fail safe: any internal failure serves the baseline, visibly
-            return self._fallback(config, request_id, features, fp, now, seed, exc)
+            return self._fallback(config, request_id, features, fp, now, seed, exc, phase)
         try:
             self.store.append_decision(decision)
         except DuplicateRequestError:
             raise
         except Exception as exc:
-            return self._fallback(config, request_id, features, fp, now, seed, exc)
+            return self._fallback(config, request_id, features, fp, now, seed, exc, phase)
         self._remember(decision, x)
         self.stats.decisions += 1
+        if self.rollout is not None:
+            try:
+                self.rollout.observe_decision(decision)
+            except Exception as exc:  # the guardrails failing must not fail the request
+                self._failed("rollout", exc)
         return decision
 
     def record_outcome(self, request_id: str, outcome: Outcome) -> RecordedOutcome:
@@ -346,6 +385,11 @@ class Optimizer:
             if state.updates_since_snapshot >= state.config.snapshot_every:
                 self._snapshot(state)
         self.stats.outcomes += 1
+        if self.rollout is not None:
+            try:
+                self.rollout.observe_outcome(decision, stored.outcome)
+            except Exception as exc:  # an outcome is never refused because a guardrail failed
+                self._failed("rollout", exc)
         return stored, True
 
     def _snapshot(self, state: _TaskState) -> None:
@@ -424,6 +468,7 @@ class Optimizer:
         now: float,
         seed: int | None,
         exc: Exception,
+        phase: str = "general",
     ) -> Decision:
         self._failed("recommend", exc)
         return Decision(
@@ -440,6 +485,7 @@ class Optimizer:
             context_fingerprint=fp,
             timestamp=now,
             seed=seed,
+            phase=phase,
             applied=True,
             error=f"{type(exc).__name__}: {exc}",
         )

@@ -71,6 +71,9 @@ class Choice:
     arm: int
     propensity: float
     confidence: float
+    #: The probability the same distribution gives the baseline arm (0 when it is not feasible):
+    #: what a rollout's control group needs for its logged propensity.
+    baseline_probability: float = 0.0
 
 
 class Policy(ABC):
@@ -294,10 +297,14 @@ def decide(policy: Policy, x: FloatArray, arms: IntArray, seed: int, exploration
     u = (_mix64(seed) >> 11) * (1.0 / 9007199254740992.0)  # top 53 bits → [0, 1)
     index = min(int(np.searchsorted(cumulative, u * cumulative[-1], side="right")), k - 1)
     arm = int(arms[index])
+    at_baseline = np.flatnonzero(arms == policy.design.baseline)
     return Choice(
         arm=arm,
         propensity=float(probs[index] / cumulative[-1]),
         confidence=confidence(mean, std, index),
+        baseline_probability=float(probs[at_baseline[0]] / cumulative[-1])
+        if at_baseline.size
+        else 0.0,
     )
 
 

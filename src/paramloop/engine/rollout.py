@@ -1,0 +1,700 @@
+"""The rollout controller: traffic split, SLO guardrails with automatic rollback, drift freeze.
+
+It wires the pure lifecycle (:mod:`paramloop.core.rollout`), assignment, SLO
+monitor, drift detector and alert rules to the store, the clock and the alert
+sinks.  Per task type it keeps:
+
+* the :class:`~paramloop.core.rollout.RolloutState`, persisted as engine state
+  (kind ``rollout``) by compare and swap, with the assignment salt and the
+  drift freeze — so every replica and every restart routes alike;
+* an :class:`~paramloop.core.monitor.SLOMonitor` for the current phase, fed
+  with each outcome by group and rebuilt from the log on restart (outcomes of
+  the phase's decisions, in arrival order);
+* the phase's mean recommendation confidence and, in shadow, the agreement
+  between the policy's intended arm and the baseline it served;
+* a :class:`~paramloop.core.drift.DriftDetector` against a reference window of
+  contexts taken when the rollout (or the last unfreeze) began.
+
+Every change of production — phase change, promotion, rollback, pause, traffic
+change, freeze and unfreeze — appends a provenance record (actor: a person or
+``rule:<name>``, reason, evidence, policy versions).  A transition the table
+does not allow, or a promotion whose requirements fail, raises and leaves the
+state as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from paramloop.core.alerts import Alert, LowConfidenceRule, Severity
+from paramloop.core.assignment import Group, assign
+from paramloop.core.drift import DriftDetector
+from paramloop.core.monitor import SLOConfig, SLOMonitor, SLOVerdict, overall
+from paramloop.core.rollout import (
+    Event,
+    Phase,
+    PromotionVerdict,
+    RolloutPlan,
+    RolloutState,
+    freeze,
+    next_phase,
+    promotion_check,
+    record_analysis,
+    rollback_event,
+    traffic_problem,
+    unfreeze,
+)
+from paramloop.engine.alerts import AlertManager
+from paramloop.errors import ConfigError, InputError, StaleStateError, UnknownTaskTypeError
+from paramloop.store.base import Store
+from paramloop.types import Decision, Outcome, ProvenanceRecord, StateRecord
+
+#: Engine-state kind of a rollout.
+STATE_KIND = "rollout"
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """Context drift detection: ``reference`` contexts form the reference window."""
+
+    enabled: bool = True
+    metric: Literal["psi", "js"] = "psi"
+    threshold: float = 0.2
+    window: int = 1_000
+    min_samples: int = 200
+    reference: int = 1_000
+
+    def __post_init__(self) -> None:
+        if self.reference < 1:
+            raise ConfigError("drift.reference", f"must be ≥ 1, got {self.reference!r}")
+
+
+@dataclass(frozen=True)
+class RolloutSettings:
+    """Everything the controller needs to know about one task type's rollout."""
+
+    plan: RolloutPlan = field(default_factory=RolloutPlan)
+    slo: SLOConfig = field(default_factory=SLOConfig)
+    drift: DriftSettings = field(default_factory=DriftSettings)
+    #: Run the SLO analysis every this many outcomes of the phase.
+    analysis_every: int = 50
+    low_confidence_threshold: float = 0.5
+    low_confidence_limit: int = 10
+
+    def __post_init__(self) -> None:
+        if self.analysis_every < 1:
+            raise ConfigError("rollout.analysis_every", f"must be ≥ 1, got {self.analysis_every!r}")
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one request is served: by the policy (treatment) or the baseline (control)."""
+
+    phase: Phase
+    group: Group
+    #: The treatment share t in [0, 1] the propensity mixes with.
+    share: float
+    #: Why recommendations are frozen (baseline for everyone), or ``None``.
+    frozen: str | None = None
+
+
+class PromotionRefusedError(InputError):
+    """``advance`` was asked for while a promotion requirement fails; nothing changed."""
+
+    def __init__(self, task_type: str, verdict: PromotionVerdict) -> None:
+        self.verdict = verdict
+        failed = "; ".join(f"{r.name}: {r.reason}" for r in verdict.failed)
+        super().__init__("advance", f"{task_type!r} cannot leave {verdict.phase}: {failed}")
+
+
+@dataclass
+class _Live:
+    """One task type's in-memory rollout machinery (rebuilt from the store on start)."""
+
+    settings: RolloutSettings
+    state: RolloutState
+    salt: str
+    store_version: int
+    drift_frozen: str | None
+    drift_since: float
+    monitor: SLOMonitor
+    low_confidence: LowConfidenceRule
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    confidence_sum: float = 0.0
+    confidence_n: int = 0
+    agree: int = 0
+    shadowed: int = 0
+    outcomes: int = 0
+    reference: list[Mapping[str, Any]] = field(default_factory=list)
+    drift: DriftDetector | None = None
+
+
+class RolloutController:
+    """Routes requests by phase and traffic share, and guards the rollout (see the module docs).
+
+    ``baseline_arm`` maps each task type to its baseline arm (for shadow
+    agreement); ``policy_version`` names the candidate policy for audit records.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Mapping[str, RolloutSettings],
+        *,
+        baseline_arm: Mapping[str, int],
+        policy_version: Callable[[str], str] = lambda task_type: "unknown",
+        alerts: AlertManager | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.alerts = alerts if alerts is not None else AlertManager(store, clock=clock)
+        self._baseline = dict(baseline_arm)
+        self._policy_version = policy_version
+        self._live: dict[str, _Live] = {}
+        for task_type, task_settings in settings.items():
+            self._live[task_type] = self._load(task_type, task_settings)
+
+    # -- the request path -----------------------------------------------------------------
+
+    def route(self, task_type: str, unit_id: str) -> Route:
+        """The group of ``unit_id`` (a deterministic salted hash) in the task type's current phase."""
+        live = self._get(task_type)
+        state = live.state
+        if live.drift_frozen is not None:
+            return Route(state.phase, Group.CONTROL, 0.0, live.drift_frozen)
+        percent = state.traffic_percent
+        return Route(state.phase, assign(unit_id, live.salt, percent), percent / 100.0)
+
+    def observe_decision(self, decision: Decision) -> None:
+        """Count a logged decision: confidence, shadow agreement, drift, low-confidence alert."""
+        live = self._get(decision.task_type)
+        with live.lock:
+            if decision.timestamp >= live.state.entered_at:
+                live.confidence_sum += decision.confidence
+                live.confidence_n += 1
+                if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
+                    live.shadowed += 1
+                    live.agree += decision.intended_arm == decision.arm
+            alert = live.low_confidence.update(min(1.0, max(0.0, decision.confidence)))
+            drifted = self._observe_context(live, decision)
+        if alert is not None:
+            self.alerts.raise_alert(alert)
+        if drifted:
+            self._freeze_for_drift(decision.task_type)
+
+    def observe_outcome(self, decision: Decision, outcome: Outcome) -> None:
+        """Feed the SLO monitor; every ``analysis_every`` outcomes, analyse and act."""
+        live = self._get(decision.task_type)
+        with live.lock:
+            if not _in_phase(live.state, decision):
+                return
+            _observe(live.monitor, decision, outcome, self.clock())
+            live.outcomes += 1
+            due = live.outcomes % live.settings.analysis_every == 0
+        if due:
+            self.analyze(decision.task_type)
+
+    # -- analysis and automatic actions ---------------------------------------------------
+
+    def analyze(self, task_type: str) -> SLOVerdict:
+        """Judge the SLOs now; roll back on a breach past the failure limit, freeze when stuck."""
+        live = self._get(task_type)
+        with live.lock:
+            statuses = live.monitor.statuses()
+            verdict = overall(statuses)
+            before = live.state
+            analysed, event = record_analysis(before, live.settings.plan, verdict, self.clock())
+            if analysed == replace(before, version=analysed.version):
+                return verdict  # nothing to record (no treatment traffic)
+            self._save(live, analysed)
+            evidence = {"slo": [s.to_dict() for s in statuses], "verdict": str(verdict)}
+            if analysed.frozen and not before.frozen and event is None:
+                self._audit(task_type, "freeze", "rule:slo", analysed.frozen_reason or "", evidence)
+                self.alerts.raise_alert(
+                    Alert(
+                        Severity.WARNING,
+                        "slo_inconclusive",
+                        task_type,
+                        analysed.frozen_reason or "",
+                        evidence,
+                    )
+                )
+        if event is not None:
+            breached = [s.metric for s in statuses if s.verdict is SLOVerdict.BREACH]
+            self._transition(
+                task_type,
+                event,
+                actor="rule:slo",
+                reason=f"SLO breach ({', '.join(breached)}) in {before.phase}",
+                evidence=evidence,
+                kind="rollback",
+            )
+        elif live.settings.plan.auto_advance and self.promotion(task_type).ready:
+            self.advance(
+                task_type, actor="rule:auto_advance", reason="every promotion requirement holds"
+            )
+        return verdict
+
+    # -- operator actions -----------------------------------------------------------------
+
+    def promotion(self, task_type: str, *, approved_by: str | None = None) -> PromotionVerdict:
+        """Every requirement of the next ``advance``, with its verdict."""
+        live = self._get(task_type)
+        report = self.store.latest_gate_report(task_type)
+        gates_passed = report is not None and report.verdict == "pass"
+        approved = approved_by is not None or (
+            report is not None
+            and any(
+                p.evidence.get("gate_report_id") == report.id
+                for p in self.store.list_provenance(task_type, "gate_approval", limit=20)
+            )
+        )
+        return promotion_check(
+            live.state,
+            live.settings.plan,
+            self.clock(),
+            gates_passed,
+            live.monitor.statuses(),
+            self.confidence(task_type),
+            approved,
+        )
+
+    def advance(self, task_type: str, *, actor: str, reason: str) -> RolloutState:
+        """Promote to the next phase if every requirement holds (a person advancing approves)."""
+        person = None if actor.startswith("rule:") else actor
+        verdict = self.promotion(task_type, approved_by=person)
+        if not verdict.ready:
+            raise PromotionRefusedError(task_type, verdict)
+        report = self.store.latest_gate_report(task_type)
+        evidence = {
+            "promotion": verdict.to_dict(),
+            "gate_report_id": None if report is None else report.id,
+            "confidence": self.confidence(task_type),
+        }
+        return self._transition(
+            task_type,
+            Event.ADVANCE,
+            actor=actor,
+            reason=reason,
+            evidence=evidence,
+            kind="promotion",
+        )
+
+    def rollback(
+        self,
+        task_type: str,
+        *,
+        actor: str,
+        reason: str,
+        to: Literal["previous", "baseline"] | None = None,
+    ) -> RolloutState:
+        """Roll back now: one phase down or to baseline-only (default: the plan's choice)."""
+        live = self._get(task_type)
+        if to is None:
+            event = rollback_event(live.settings.plan, live.state.phase)
+        else:
+            event = Event.STEP_BACK if to == "previous" else Event.ROLLBACK
+        evidence = {"slo": [s.to_dict() for s in live.monitor.statuses()]}
+        return self._transition(
+            task_type, event, actor=actor, reason=reason, evidence=evidence, kind="rollback"
+        )
+
+    def pause(self, task_type: str, *, actor: str, reason: str) -> RolloutState:
+        return self._transition(
+            task_type, Event.PAUSE, actor=actor, reason=reason, evidence={}, kind="phase_change"
+        )
+
+    def resume(self, task_type: str, *, actor: str, reason: str) -> RolloutState:
+        return self._transition(
+            task_type, Event.RESUME, actor=actor, reason=reason, evidence={}, kind="phase_change"
+        )
+
+    def restart(self, task_type: str, *, actor: str, reason: str) -> RolloutState:
+        """Start again in shadow after a rollback (a person must decide to)."""
+        return self._transition(
+            task_type, Event.RESTART, actor=actor, reason=reason, evidence={}, kind="phase_change"
+        )
+
+    def set_traffic(
+        self, task_type: str, percent: float, *, actor: str, reason: str
+    ) -> RolloutState:
+        """Change the treatment share within the current phase's bounds."""
+        _check_actor(actor, reason)
+        live = self._get(task_type)
+        with live.lock:
+            state = live.state
+            if problem := traffic_problem(state.phase, percent):
+                raise InputError("traffic_percent", problem)
+            new = replace(state, traffic_percent=float(percent), version=state.version + 1)
+            self._save(live, new)
+            self._audit(
+                task_type,
+                "traffic_change",
+                actor,
+                reason,
+                {"from": state.traffic_percent, "to": float(percent), "phase": str(state.phase)},
+            )
+        return new
+
+    def unfreeze(self, task_type: str, *, actor: str, reason: str) -> RolloutState:
+        """A person has reviewed a freeze (drift or inconclusive SLOs): serve and advance again.
+
+        The drift reference window restarts from the contexts that follow.
+        """
+        _check_actor(actor, reason)
+        live = self._get(task_type)
+        with live.lock:
+            was = {"frozen": live.state.frozen_reason, "drift": live.drift_frozen}
+            if live.state.frozen and live.state.phase is not Phase.ROLLED_BACK:
+                new = unfreeze(live.state)
+            elif live.drift_frozen is not None:
+                new = replace(live.state, version=live.state.version + 1)
+            else:
+                raise InputError(
+                    "unfreeze", f"{task_type!r} is not frozen (or only a restart thaws it)"
+                )
+            live.drift_frozen = None
+            live.drift_since = self.clock()
+            live.reference, live.drift = [], None
+            self._save(live, new)
+            self._audit(task_type, "unfreeze", actor, reason, was)
+        return new
+
+    # -- status ---------------------------------------------------------------------------
+
+    def state(self, task_type: str) -> RolloutState:
+        return self._get(task_type).state
+
+    def confidence(self, task_type: str) -> float | None:
+        """Mean recommendation confidence of the phase so far (``None`` before any decision)."""
+        live = self._get(task_type)
+        return live.confidence_sum / live.confidence_n if live.confidence_n else None
+
+    def status(self, task_type: str) -> dict[str, Any]:
+        """Everything an operator looks at: phase, traffic, freezes, SLOs, promotion, drift."""
+        live = self._get(task_type)
+        now = self.clock()
+        with live.lock:
+            statuses = live.monitor.statuses()
+            windows = {str(g): _window(live.monitor, g, now) for g in Group}
+            drift = [] if live.drift is None else [vars(d) for d in live.drift.report()]
+            return {
+                "task_type": task_type,
+                "state": live.state.to_dict(),
+                "in_phase_s": now - live.state.entered_at,
+                "recommendations_frozen": live.drift_frozen,
+                "slo": {
+                    "verdict": str(overall(statuses)),
+                    "rules": [s.to_dict() for s in statuses],
+                },
+                "windows": windows,
+                "promotion": self.promotion(task_type).to_dict(),
+                "confidence": self.confidence(task_type),
+                "shadow_agreement": live.agree / live.shadowed if live.shadowed else None,
+                "shadow_decisions": live.shadowed,
+                "drift": {"reference": len(live.reference), "features": drift},
+                "note": _note(live.state),
+            }
+
+    @property
+    def task_types(self) -> tuple[str, ...]:
+        return tuple(self._live)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _get(self, task_type: str) -> _Live:
+        try:
+            return self._live[task_type]
+        except KeyError:
+            raise UnknownTaskTypeError(str(task_type), sorted(self._live)) from None
+
+    def _transition(
+        self,
+        task_type: str,
+        event: Event,
+        *,
+        actor: str,
+        reason: str,
+        evidence: Mapping[str, Any],
+        kind: str,
+    ) -> RolloutState:
+        _check_actor(actor, reason)
+        live = self._get(task_type)
+        with live.lock:
+            before = live.state
+            after = next_phase(before, event, live.settings.plan, self.clock(), reason=reason)
+            self._save(live, after)
+            self._enter_phase(live)
+            self._audit(
+                task_type,
+                kind,
+                actor,
+                reason,
+                {
+                    **evidence,
+                    "event": str(event),
+                    "from": str(before.phase),
+                    "to": str(after.phase),
+                    "traffic_percent": after.traffic_percent,
+                },
+            )
+        severity = Severity.CRITICAL if kind == "rollback" else Severity.INFO
+        self.alerts.raise_alert(
+            Alert(
+                severity,
+                kind,
+                task_type,
+                f"{before.phase} → {after.phase} by {actor}: {reason}",
+                {"from": str(before.phase), "to": str(after.phase), "actor": actor},
+                dedup_key=f"{kind}:{task_type}:{after.version}",
+            )
+        )
+        return after
+
+    def _freeze_for_drift(self, task_type: str) -> None:
+        live = self._get(task_type)
+        with live.lock:
+            if live.drift_frozen is not None or live.drift is None:
+                return
+            report = [vars(d) for d in live.drift.report() if d.drifted]
+            reason = "context drift: " + ", ".join(
+                f"{d['feature']} psi {d['psi']:.3f}" for d in report
+            )
+            live.drift_frozen = reason
+            state = live.state if live.state.frozen else freeze(live.state, reason)
+            self._save(
+                live,
+                state if state is not live.state else replace(state, version=state.version + 1),
+            )
+            self._audit(task_type, "freeze", "rule:drift", reason, {"features": report})
+        self.alerts.raise_alert(
+            Alert(Severity.CRITICAL, "drift_freeze", task_type, reason, {"features": report})
+        )
+
+    def _observe_context(self, live: _Live, decision: Decision) -> bool:
+        """Add the decision's context to the drift reference or detector; whether drift is new."""
+        settings = live.settings.drift
+        if not settings.enabled or decision.timestamp < live.drift_since or live.drift_frozen:
+            return False
+        if live.drift is None:
+            live.reference.append(dict(decision.context))
+            if len(live.reference) >= settings.reference:
+                live.drift = DriftDetector(
+                    [_plain(c) for c in live.reference],
+                    metric=settings.metric,
+                    threshold=settings.threshold,
+                    window=settings.window,
+                    min_samples=settings.min_samples,
+                )
+            return False
+        live.drift.update(_plain(decision.context))
+        return live.drift.drifted
+
+    def _enter_phase(self, live: _Live) -> None:
+        live.monitor = SLOMonitor(live.settings.slo)
+        live.confidence_sum, live.confidence_n, live.agree, live.shadowed, live.outcomes = (
+            0.0,
+            0,
+            0,
+            0,
+            0,
+        )
+
+    def _save(self, live: _Live, state: RolloutState) -> None:
+        record = StateRecord(
+            kind=STATE_KIND,
+            key=state.task_type,
+            data={
+                "state": state.to_dict(),
+                "salt": live.salt,
+                "drift_frozen": live.drift_frozen,
+                "drift_since": live.drift_since,
+            },
+            updated_at=self.clock(),
+        )
+        try:
+            stored = self.store.put_state(record, live.store_version)
+        except StaleStateError:
+            # Another replica changed the rollout: adopt its state; the caller's change is void.
+            self._reload(live)
+            raise
+        live.store_version = stored.version
+        live.state = state
+
+    def _reload(self, live: _Live) -> None:
+        fresh = self._load(live.state.task_type, live.settings)
+        self._live[live.state.task_type] = fresh
+
+    def refresh(self) -> None:
+        """Re-read every rollout from the store (other replicas' changes)."""
+        for task_type, live in list(self._live.items()):
+            stored = self.store.get_state(STATE_KIND, task_type)
+            if stored is not None and stored.version != live.store_version:
+                self._live[task_type] = self._load(task_type, live.settings)
+
+    def _load(self, task_type: str, settings: RolloutSettings) -> _Live:
+        now = self.clock()
+        stored = self.store.get_state(STATE_KIND, task_type)
+        if stored is None:
+            state = RolloutState.start(task_type, now)
+            live = _Live(
+                settings=settings,
+                state=state,
+                salt=f"{task_type}:{now!r}",
+                store_version=0,
+                drift_frozen=None,
+                drift_since=now,
+                monitor=SLOMonitor(settings.slo),
+                low_confidence=LowConfidenceRule(
+                    task_type, settings.low_confidence_threshold, settings.low_confidence_limit
+                ),
+            )
+            try:
+                self._save(live, state)
+            except StaleStateError:
+                return self._load(task_type, settings)  # another replica created it first
+            return live
+        data = stored.data
+        live = _Live(
+            settings=settings,
+            state=RolloutState.from_dict(data["state"]),
+            salt=str(data["salt"]),
+            store_version=stored.version,
+            drift_frozen=data.get("drift_frozen"),
+            drift_since=float(data.get("drift_since", now)),
+            monitor=SLOMonitor(settings.slo),
+            low_confidence=LowConfidenceRule(
+                task_type, settings.low_confidence_threshold, settings.low_confidence_limit
+            ),
+        )
+        self._replay(live)
+        return live
+
+    def _replay(self, live: _Live) -> None:
+        """Rebuild the phase's monitor, confidence, agreement and drift window from the log."""
+        state = live.state
+        since = min(state.entered_at, live.drift_since)
+        rows = [row for chunk in self.store.iter_logged(state.task_type, since) for row in chunk]
+        for decision, _ in rows:
+            if decision.timestamp >= state.entered_at:
+                live.confidence_sum += decision.confidence
+                live.confidence_n += 1
+                if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
+                    live.shadowed += 1
+                    live.agree += decision.intended_arm == decision.arm
+            self._observe_context(live, decision)
+        measured = sorted(
+            ((d, o) for d, o in rows if o is not None and _in_phase(state, d)),
+            key=lambda r: r[1].seq,
+        )
+        for decision, recorded in measured:
+            _observe(live.monitor, decision, recorded.outcome, recorded.timestamp)
+        live.outcomes = len(measured)
+
+    def _audit(
+        self, task_type: str, kind: str, actor: str, reason: str, evidence: Mapping[str, Any]
+    ) -> None:
+        self.store.append_provenance(
+            ProvenanceRecord(
+                kind=kind,
+                task_type=task_type,
+                actor=actor,
+                reason=reason,
+                evidence=_json_safe(evidence),
+                policy_versions={
+                    "candidate": self._policy_version(task_type),
+                    "baseline": "baseline",
+                },
+                timestamp=self.clock(),
+            )
+        )
+
+
+def group_of(decision: Decision) -> Group:
+    """Treatment when the policy's choice was served, control when the baseline was."""
+    return Group.TREATMENT if decision.origin.startswith("bandit:") else Group.CONTROL
+
+
+def _in_phase(state: RolloutState, decision: Decision) -> bool:
+    phase = state.previous if state.phase is Phase.PAUSED and state.previous else state.phase
+    return decision.timestamp >= state.entered_at and decision.phase in (phase, state.phase)
+
+
+def _observe(monitor: SLOMonitor, decision: Decision, outcome: Outcome, now: float) -> None:
+    monitor.observe(
+        group_of(decision),
+        now,
+        latency_ms=outcome.latency_ms,
+        quality=outcome.quality if outcome.quality is not None else outcome.feedback,
+        error=bool(outcome.error),
+        cost=outcome.cost,
+    )
+
+
+def _window(monitor: SLOMonitor, group: Group, now: float) -> dict[str, Any]:
+    summary = monitor.window(group, now)
+    return (
+        {k: v for k, v in vars(summary).items() if k != "group"}
+        if hasattr(summary, "__dict__")
+        else {
+            name: getattr(summary, name)
+            for name in (
+                "n",
+                "latency_p50_ms",
+                "latency_p99_ms",
+                "quality_mean",
+                "error_rate",
+                "cost_per_request",
+            )
+        }
+    )
+
+
+def _plain(context: Mapping[str, Any]) -> dict[str, Any]:
+    """Drift bins numbers and strings: a list-valued feature counts as its length."""
+    return {k: len(v) if isinstance(v, list | tuple) else v for k, v in context.items()}
+
+
+def _note(state: RolloutState) -> str | None:
+    if state.phase is Phase.SHADOW:
+        return (
+            "shadow serves the baseline to every request: its logs cannot evaluate the candidate "
+            "(only the baseline's arm is supported); canary traffic with exploration provides the support"
+        )
+    return None
+
+
+def _check_actor(actor: str, reason: str) -> None:
+    if not isinstance(actor, str) or not actor.strip():
+        raise InputError(
+            "actor", "every production change names who (a person or rule:<name>) made it"
+        )
+    if not isinstance(reason, str) or not reason.strip():
+        raise InputError("reason", "every production change says why")
+
+
+def _json_safe(value: Any) -> Any:
+    """Evidence as plain JSON data: NaN and infinities (open confidence bounds) become None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+__all__: Sequence[str] = (
+    "DriftSettings",
+    "PromotionRefusedError",
+    "RolloutController",
+    "RolloutSettings",
+    "Route",
+    "group_of",
+)
