@@ -28,7 +28,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from paramloop.core.alerts import Alert, LowConfidenceRule, Severity
@@ -132,6 +132,7 @@ class _Live:
     outcomes: int = 0
     reference: list[Mapping[str, Any]] = field(default_factory=list)
     drift: DriftDetector | None = None
+    drift_seen: int = 0
 
 
 class RolloutController:
@@ -361,7 +362,7 @@ class RolloutController:
                 )
             live.drift_frozen = None
             live.drift_since = self.clock()
-            live.reference, live.drift = [], None
+            live.reference, live.drift, live.drift_seen = [], None, 0
             self._save(live, new)
             self._audit(task_type, "unfreeze", actor, reason, was)
         return new
@@ -383,7 +384,7 @@ class RolloutController:
         with live.lock:
             statuses = live.monitor.statuses()
             windows = {str(g): _window(live.monitor, g, now) for g in Group}
-            drift = [] if live.drift is None else [vars(d) for d in live.drift.report()]
+            drift = [] if live.drift is None else [asdict(d) for d in live.drift.report()]
             return {
                 "task_type": task_type,
                 "state": live.state.to_dict(),
@@ -462,7 +463,7 @@ class RolloutController:
         with live.lock:
             if live.drift_frozen is not None or live.drift is None:
                 return
-            report = [vars(d) for d in live.drift.report() if d.drifted]
+            report = [asdict(d) for d in live.drift.report() if d.drifted]
             reason = "context drift: " + ", ".join(
                 f"{d['feature']} psi {d['psi']:.3f}" for d in report
             )
@@ -494,7 +495,10 @@ class RolloutController:
                 )
             return False
         live.drift.update(_plain(decision.context))
-        return live.drift.drifted
+        live.drift_seen += 1
+        # Judge tumbling windows, not every request: a sliding window tested at each
+        # request would test the same data hundreds of times and multiply false alarms.
+        return live.drift_seen % settings.window == 0 and live.drift.drifted
 
     def _enter_phase(self, live: _Live) -> None:
         live.monitor = SLOMonitor(live.settings.slo)
@@ -638,22 +642,9 @@ def _observe(monitor: SLOMonitor, decision: Decision, outcome: Outcome, now: flo
 
 
 def _window(monitor: SLOMonitor, group: Group, now: float) -> dict[str, Any]:
-    summary = monitor.window(group, now)
-    return (
-        {k: v for k, v in vars(summary).items() if k != "group"}
-        if hasattr(summary, "__dict__")
-        else {
-            name: getattr(summary, name)
-            for name in (
-                "n",
-                "latency_p50_ms",
-                "latency_p99_ms",
-                "quality_mean",
-                "error_rate",
-                "cost_per_request",
-            )
-        }
-    )
+    summary = asdict(monitor.window(group, now))
+    summary.pop("group")
+    return summary
 
 
 def _plain(context: Mapping[str, Any]) -> dict[str, Any]:
