@@ -12,7 +12,6 @@ import pytest
 from paramloop.engine import Optimizer
 from paramloop.engine.evaluate import evaluate
 from paramloop.engine.export import (
-    evaluation_rows,
     export_jsonl,
     export_parquet,
     read_export,
@@ -60,9 +59,7 @@ def test_evaluation_from_the_export_equals_evaluation_from_the_store(
     export_jsonl(store, TASK, path)
     config = default_tasks(task_types=[TASK], exploration=0.5)[0]
     direct = evaluate(store, config, target="learned", resamples=300)
-    from_file = evaluate(
-        None, config, target="learned", resamples=300, rows=evaluation_rows(read_jsonl(path, TASK))
-    )
+    from_file = evaluate(None, config, target="learned", resamples=300, rows=read_jsonl(path, TASK))
     assert from_file.to_dict() == direct.to_dict()
     assert any("without an outcome" in note for note in from_file.notes)
 
@@ -83,7 +80,7 @@ def test_parquet_round_trip_is_exact_and_evaluates_alike(
     config = default_tasks(task_types=[TASK], exploration=0.5)[0]
     direct = evaluate(store, config, target="learned", resamples=300)
     from_file = evaluate(
-        None, config, target="learned", resamples=300, rows=evaluation_rows(read_export(path, TASK))
+        None, config, target="learned", resamples=300, rows=read_export(path, TASK)
     )
     assert from_file.to_dict() == direct.to_dict()
 

@@ -38,7 +38,7 @@ from paramloop.errors import (
     UnknownRequestError,
 )
 from paramloop.store import AuditLog, DecisionLog, Store, open_store
-from paramloop.store.base import evaluation_row
+from paramloop.store.base import OutcomeCounts, evaluation_row
 from paramloop.store.migrate import HEAD, MIGRATIONS_DIR, downgrade, upgrade
 from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
 from paramloop.store.schema import metadata
@@ -450,13 +450,29 @@ def test_evaluation_rows_are_the_logged_rows_as_tuples(store: DecisionLog) -> No
         # applied comes back as 0/1 from SQLite: compare it as a truth value.
         assert [(*r[:8], bool(r[8]), *r[9:]) for r in rows] == expected
     by_id = {row[0]: row for chunk in store.iter_evaluation_rows("summarize") for row in chunk}
-    assert by_id["e-03"][9:] == (0.75, "observed", 812.25, 431, 97, None)
-    assert by_id["e-08"][9:11] == (0.0, "default")
-    assert by_id["e-00"][9:] == (None,) * 6
+    assert (by_id["e-03"][9], by_id["e-08"][9], by_id["e-00"][9]) == (0.75, 0.0, None)
     assert json.loads(by_id["e-00"][5])["tags"] == ["a", "b"]
     assert list(store.iter_evaluation_rows("unknown_task")) == []
     with pytest.raises(ConfigError, match="chunk_size"):
         store.iter_evaluation_rows("summarize", chunk_size=0)
+
+
+def test_outcomes_are_counted_by_window_source_and_limit(store: DecisionLog) -> None:
+    logged = [make_decision(f"c-{i}", timestamp=T0 + i) for i in range(6)]
+    store.append_decisions([*logged, make_decision("other", task_type="code_review")])
+    slow = Outcome(latency_ms=2_000.0, prompt_tokens=900, completion_tokens=200, cost=0.5)
+    store.attach_outcome(make_outcome(logged[0]))  # 812.25 ms, 528 tokens, no cost
+    store.attach_outcome(make_outcome(logged[1], outcome=slow))
+    store.attach_outcome(make_outcome(logged[2], source="default", outcome=Outcome(reward=0.0)))
+    store.attach_outcome(make_outcome(logged[4], outcome=Outcome(latency_ms=1_500.0)))
+    store.attach_outcome(make_outcome(store.get_decision("other"), outcome=slow))  # type: ignore[arg-type]
+    limits = {"max_latency_ms": 1_000.0, "max_tokens": 1_000.0, "max_cost": 0.25}
+    # c-1 breaks all three limits, c-4 the latency one; a missing value breaks none.
+    assert store.count_outcomes("summarize", **limits) == OutcomeCounts(4, 1, 4)
+    assert store.count_outcomes("summarize", T0 + 1, T0 + 4, **limits) == OutcomeCounts(2, 1, 3)
+    assert store.count_outcomes("summarize", max_latency_ms=1_600.0) == OutcomeCounts(4, 1, 1)
+    assert store.count_outcomes("summarize") == OutcomeCounts(4, 1, 0)
+    assert store.count_outcomes("unknown") == OutcomeCounts(0, 0, 0)
 
 
 def test_import_logged_restores_an_export_all_or_none(store: DecisionLog) -> None:

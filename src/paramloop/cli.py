@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from paramloop.cli_server import upstream_app
+from paramloop.cli_server import serve_command, upstream_app
 from paramloop.core.policies import POLICIES
 from paramloop.engine import Optimizer, TaskConfig, load_config
 from paramloop.errors import ParamloopError
@@ -225,7 +225,7 @@ def evaluate_command(
 ) -> None:
     """Estimate a candidate policy's value against the baseline's, from the decision log alone."""
     from paramloop.engine.evaluate import evaluate
-    from paramloop.engine.export import evaluation_rows, read_export
+    from paramloop.engine.export import read_export
     from paramloop.store import open_store
     from paramloop.store.memory import MemoryDecisionLog
 
@@ -238,7 +238,7 @@ def evaluate_command(
                 "--from-file holds no policy snapshot: use --candidate learned or baseline"
             )
         store = open_store(db) if db is not None else MemoryDecisionLog()
-        rows = evaluation_rows(read_export(from_file, task_type)) if from_file is not None else None
+        rows = read_export(from_file, task_type) if from_file is not None else None
         try:
             with Progress(
                 TextColumn("[bold]reading the log"),
@@ -334,6 +334,7 @@ gates_app = typer.Typer(
 )
 app.add_typer(gates_app, name="gates")
 app.add_typer(upstream_app, name="upstream")
+app.command(name="serve")(serve_command)
 
 
 @gates_app.command(name="run")

@@ -11,7 +11,7 @@ so they arrive here as ordinary outcomes with ``source="default"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -34,7 +34,13 @@ from paramloop.core.policies.base import FloatArray, IntArray
 from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import CrossFitted, fit_outcome_model
 from paramloop.errors import EvaluationError, FeatureError, InputError
-from paramloop.store.base import DecisionLog, EvaluationRow
+from paramloop.store.base import (
+    DecisionLog,
+    EvaluationRow,
+    LoggedRow,
+    OutcomeCounts,
+    evaluation_row,
+)
 from paramloop.types import Params
 
 #: The estimators evaluated when none are named.
@@ -95,23 +101,35 @@ def read_log(
     end: float | None = None,
     chunk_size: int = 50_000,
     progress: Callable[[int], None] | None = None,
-    rows: Iterable[list[EvaluationRow]] | None = None,
+    rows: Iterable[list[LoggedRow]] | None = None,
 ) -> LoggedTask:
     """The logged rounds of ``config``'s task type in ``[start, end)``, streamed in chunks.
 
-    ``rows`` reads chunks from elsewhere (an export: :func:`paramloop.engine.export.read_parquet`,
-    or :func:`~paramloop.engine.export.read_jsonl` through
-    :func:`~paramloop.engine.export.evaluation_rows`) instead of ``store``; the
-    window still applies.  Each chunk is turned into columns at once: a context
-    logged many times is parsed and featurized once, and no object is built per row.
+    ``rows`` reads decision objects from elsewhere (an export:
+    :func:`paramloop.engine.export.read_export`) instead of ``store``; the window
+    still applies.  From a store, each chunk arrives as plain tuples and is
+    turned into columns at once: a context logged many times is parsed and
+    featurized once, no object is built per row, and the outcome counts come
+    from one aggregate query.
     """
+    reward = config.reward
+    limits = {
+        "max_latency_ms": reward.max_latency_ms,
+        "max_tokens": reward.max_tokens,
+        "max_cost": reward.max_cost,
+    }
+    tally = _Tally()
     if rows is None:
         if store is None:
             raise InputError("store", "give a store or rows to read the log from")
-        rows = store.iter_evaluation_rows(config.name, start, end, chunk_size)
+        chunks: Iterable[list[EvaluationRow]] = store.iter_evaluation_rows(
+            config.name, start, end, chunk_size
+        )
+    else:
+        chunks = _tallied(rows, config, start, end, tally)
     parts: list[_Chunk] = []
     logged = without = 0
-    for chunk in rows:
+    for chunk in chunks:
         if chunk:
             part = _read_chunk(config, chunk, start, end)
             logged += part.logged
@@ -119,6 +137,11 @@ def read_log(
             parts.append(part)
         if progress is not None:
             progress(len(chunk))
+    counts = (
+        store.count_outcomes(config.name, start, end, **limits)
+        if rows is None and store
+        else tally.counts()
+    )
     mismatched = [request_id for part in parts for request_id in part.mismatched]
     if mismatched:
         raise EvaluationError(
@@ -142,10 +165,41 @@ def read_log(
         explored=np.concatenate([part.explored for part in parts]),
         logged=logged,
         without_outcome=without,
-        defaulted=sum(part.defaulted for part in parts),
-        violations=sum(part.violations for part in parts),
+        defaulted=counts.defaulted,
+        violations=counts.violations,
         policies=tuple(sorted({name for part in parts for name in part.policies})),
     )
+
+
+@dataclass
+class _Tally:
+    """Outcome counts of decision objects, kept while they are converted to rows."""
+
+    outcomes: int = 0
+    defaulted: int = 0
+    violations: int = 0
+
+    def counts(self) -> OutcomeCounts:
+        return OutcomeCounts(self.outcomes, self.defaulted, self.violations)
+
+
+def _tallied(
+    chunks: Iterable[list[LoggedRow]],
+    config: TaskConfig,
+    start: float | None,
+    end: float | None,
+    tally: _Tally,
+) -> Iterator[list[EvaluationRow]]:
+    for chunk in chunks:
+        for decision, recorded in chunk:
+            if recorded is None or (start is not None and decision.timestamp < start):
+                continue
+            if end is not None and decision.timestamp >= end:
+                continue
+            tally.outcomes += 1
+            tally.defaulted += recorded.source == "default"
+            tally.violations += config.reward.violations(recorded.outcome)
+        yield [evaluation_row(decision, recorded) for decision, recorded in chunk]
 
 
 @dataclass(frozen=True)
@@ -160,8 +214,6 @@ class _Chunk:
     explored: npt.NDArray[np.bool_]
     logged: int
     without_outcome: int
-    defaulted: int
-    violations: int
     policies: frozenset[str]
     mismatched: list[str]
 
@@ -180,11 +232,6 @@ def _read_chunk(
         origins,
         applied,
         rewards,
-        sources,
-        latency,
-        prompt_tokens,
-        completion_tokens,
-        cost,
     ) = zip(*chunk, strict=True)
     ts = np.array(timestamps, dtype=np.float64)
     in_window = np.ones(len(chunk), dtype=bool)
@@ -192,18 +239,18 @@ def _read_chunk(
         in_window &= ts >= start
     if end is not None:
         in_window &= ts < end
-    has_outcome = np.array([source is not None for source in sources], dtype=bool)
+    reward = np.array(rewards, dtype=np.float64)  # None (no outcome yet) reads as NaN
+    has_outcome = np.array([r is not None for r in rewards], dtype=bool)
     keep = in_window & has_outcome & np.array(applied, dtype=bool)
     index = np.flatnonzero(keep)
     picked = index.tolist()
+    without = int((in_window & ~has_outcome).sum())
     mismatched = _mismatched(config, [arms[i] for i in picked], [params[i] for i in picked])
     if mismatched:
         return _Chunk(
             *_empty(config),
             logged=int(in_window.sum()),
-            without_outcome=int((in_window & ~has_outcome).sum()),
-            defaulted=0,
-            violations=0,
+            without_outcome=without,
             policies=frozenset(),
             mismatched=[request_ids[i] for i in picked if (arms[i], params[i]) in mismatched],
         )
@@ -217,31 +264,19 @@ def _read_chunk(
         raise EvaluationError(
             "context", f"logged contexts do not fit the featurizer: {exc}"
         ) from None
-    tokens = np.array(
-        [
-            np.nan if p is None and c is None else (p or 0) + (c or 0)
-            for p, c in zip(prompt_tokens, completion_tokens, strict=True)
-        ],
-        dtype=np.float64,
-    )[index]
     propensity = np.array(propensities, dtype=np.float64)[index]
-    chosen_origins = [origins[i] for i in picked]
+    # A logged propensity below 1 comes from a distribution over every feasible arm (a
+    # bandit's exploration floor, or a rollout split mixing it in); a fallback never explores.
+    fallback = np.array([origins[i] == "fallback:baseline" for i in picked], dtype=bool)
     return _Chunk(
         contexts=unique[np.array(code, dtype=np.intp)],
         actions=np.array(arms, dtype=np.intp)[index],
         propensities=propensity,
-        rewards=np.array(rewards, dtype=np.float64)[index],
+        rewards=reward[index],
         timestamps=ts[index],
-        explored=np.array([o.startswith("bandit:") for o in chosen_origins], dtype=bool)
-        & (propensity < 1.0),
+        explored=(propensity < 1.0) & ~fallback,
         logged=int(in_window.sum()),
-        without_outcome=int((in_window & ~has_outcome).sum()),
-        defaulted=sum(sources[i] == "default" for i in picked),
-        violations=config.reward.count_violations(
-            np.array(latency, dtype=np.float64)[index],
-            tokens,
-            np.array(cost, dtype=np.float64)[index],
-        ),
+        without_outcome=without,
         policies=frozenset(policies[i] for i in picked),
         mismatched=[],
     )
@@ -492,7 +527,7 @@ def evaluate(
     min_ess: float = 100.0,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
-    rows: Iterable[list[EvaluationRow]] | None = None,
+    rows: Iterable[list[LoggedRow]] | None = None,
 ) -> Evaluation:
     """Estimate a candidate's value against the baseline's from the log of one task type.
 

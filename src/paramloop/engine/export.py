@@ -14,12 +14,12 @@ Reading streams the file in chunks and names the line (or row) of any malformed 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from paramloop.errors import InputError, ParamloopError
-from paramloop.store.base import DecisionLog, EvaluationRow, LoggedRow, evaluation_row
+from paramloop.store.base import DecisionLog, LoggedRow
 from paramloop.types import Decision, Outcome, RecordedOutcome
 
 
@@ -239,12 +239,6 @@ def read_export(
     if Path(path).suffix == ".parquet":
         return read_parquet(path, task_type, chunk_size=chunk_size)
     return read_jsonl(path, task_type, chunk_size=chunk_size)
-
-
-def evaluation_rows(chunks: Iterable[list[LoggedRow]]) -> Iterator[list[EvaluationRow]]:
-    """Chunks of decision objects (e.g. from :func:`read_jsonl`) as the rows evaluation reads."""
-    for chunk in chunks:
-        yield [evaluation_row(decision, recorded) for decision, recorded in chunk]
 
 
 def _outcome(recorded: RecordedOutcome | None) -> dict[str, Any] | None:

@@ -14,14 +14,19 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 from paramloop.core.assignment import Group
+from paramloop.core.budget import Reservation, Spend
 from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
 from paramloop.core.policies.base import FloatArray
+from paramloop.engine.budgets import BudgetManager
 from paramloop.engine.config import TaskConfig
 from paramloop.engine.rollout import RolloutController
 from paramloop.errors import (
+    BudgetExhaustedError,
     ConflictingOutcomeError,
     DuplicateRequestError,
     InputError,
@@ -33,7 +38,33 @@ from paramloop.errors import (
 )
 from paramloop.store.base import DecisionLog, MeasuredRow
 from paramloop.store.memory import MemoryDecisionLog
-from paramloop.types import Decision, FeatureValue, Outcome, PolicySnapshot, RecordedOutcome
+from paramloop.types import (
+    Decision,
+    FeatureValue,
+    Outcome,
+    Params,
+    PolicySnapshot,
+    RecordedOutcome,
+)
+
+#: The most one call with these parameters can spend, given its context (for budget reservations).
+SpendCap = Callable[[Params, Mapping[str, FeatureValue]], Spend]
+
+#: ``max_tokens`` of a call when its parameters set none.
+UNBOUNDED_COMPLETION_TOKENS = 4_096
+
+
+def token_cap(params: Params, context: Mapping[str, FeatureValue]) -> Spend:
+    """The default spend cap: prompt tokens (the context's ``prompt_tokens``) + ``max_tokens``.
+
+    Costs nothing: give the Optimizer a ``spend_cap`` that prices tokens when a task
+    type has a cost budget.
+    """
+    prompt = context.get("prompt_tokens", 0)
+    prompt_tokens = float(prompt) if isinstance(prompt, int | float) else 0.0
+    completion = params.max_tokens if params.max_tokens is not None else UNBOUNDED_COMPLETION_TOKENS
+    return Spend(prompt_tokens + completion, 0.0)
+
 
 log = logging.getLogger("paramloop.engine")
 
@@ -97,6 +128,8 @@ class Optimizer:
         clock: Callable[[], float] = time.time,
         restore: bool = True,
         rollout: RolloutController | None = None,
+        budgets: BudgetManager | None = None,
+        spend_cap: SpendCap | None = None,
     ) -> None:
         configs = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
         names = [config.name for config in configs]
@@ -105,6 +138,10 @@ class Optimizer:
         self.store: DecisionLog = store if store is not None else MemoryDecisionLog()
         self.clock = clock
         self.rollout = rollout
+        self.budgets = budgets
+        self.spend_cap = spend_cap if spend_cap is not None else token_cap
+        # Open budget reservations of this process's calls, until their outcome settles them.
+        self._reservations: dict[str, tuple[Reservation, int]] = {}
         self.stats = LoopStats()
         self._tasks = {config.name: _TaskState(config, config.new_policy()) for config in configs}
         # Recent decisions with their context vectors, so an outcome needs no store read
@@ -168,13 +205,21 @@ class Optimizer:
             if self.rollout is not None:
                 route = self.rollout.route(task_type, unit_id or request_id)
                 phase = str(route.phase)
+            arms, caps = config.space.feasible_arms, None
+            budgeted = self.budgets is not None and config.budget is not None
+            if budgeted:
+                caps = {int(a): self.spend_cap(config.space.arms[a], features) for a in arms}
+                allowed = self.budgets.feasible(  # type: ignore[union-attr]
+                    task_type, list(caps), caps, config.space.baseline_arm
+                )
+                arms = np.asarray(allowed.arms, dtype=np.intp)
             with state.lock:
                 policy = state.policy
                 revision = policy.revision
                 choice = decide(
                     policy,
                     x,
-                    config.space.feasible_arms,
+                    arms,
                     derive_seed(seed if seed is not None else request_id, fp, revision),
                     config.effective_exploration,
                 )
@@ -207,6 +252,8 @@ class Optimizer:
                 phase=phase,
                 intended_arm=intended,
             )
+            if budgeted:
+                decision = self._reserve(config, decision, caps)  # type: ignore[arg-type]
         except Exception as exc:  # fail safe: any internal failure serves the baseline, visibly
             return self._fallback(config, request_id, features, fp, now, seed, exc, phase)
         try:
@@ -385,6 +432,19 @@ class Optimizer:
             if state.updates_since_snapshot >= state.config.snapshot_every:
                 self._snapshot(state)
         self.stats.outcomes += 1
+        held = self._reservations.pop(decision.request_id, None)
+        if held is not None and self.budgets is not None:
+            outcome = stored.outcome
+            # A default reward means nothing was measured: charge what was reserved.
+            actual = (
+                held[0].amount
+                if stored.source == "default"
+                else Spend(float(outcome.total_tokens or 0), float(outcome.cost or 0.0))
+            )
+            try:
+                self.budgets.settle(decision.task_type, held[0], actual, held[1])
+            except Exception as exc:  # the outcome is recorded; the budget shows the failure
+                self._failed("budget", exc)
         if self.rollout is not None:
             try:
                 self.rollout.observe_outcome(decision, stored.outcome)
@@ -458,6 +518,31 @@ class Optimizer:
                     learned += 1
                 state.last_outcome_seq = recorded.seq
         return learned
+
+    def _reserve(
+        self, config: TaskConfig, decision: Decision, caps: Mapping[int, Spend]
+    ) -> Decision:
+        """Reserve the call's maximum spend; when it no longer fits, serve the baseline.
+
+        The baseline is served without a reservation: budgets limit what paramloop
+        experiments with, not production traffic.
+        """
+        assert self.budgets is not None
+        try:
+            reservation = self.budgets.reserve(config.name, decision.arm, caps[decision.arm])
+        except BudgetExhaustedError as exc:
+            baseline = config.space.baseline_arm
+            return replace(
+                decision,
+                arm=baseline,
+                params=config.space.params(baseline, seed=decision.seed),
+                propensity=1.0,
+                origin="budget:baseline",
+                intended_arm=decision.arm,
+                error=str(exc),
+            )
+        self._reservations[decision.request_id] = (reservation, decision.arm)
+        return decision
 
     def _fallback(
         self,

@@ -11,6 +11,7 @@ already decided.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from paramloop.errors import OutcomeError
@@ -50,16 +51,12 @@ EVALUATION_COLUMNS = (
     "origin",
     "applied",
     "reward",
-    "source",
-    "latency_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "cost",
 )
 #: One logged decision as a plain tuple of :data:`EVALUATION_COLUMNS`: the params and the
-#: context as their stored JSON text; ``applied`` as a bool or 0/1; the outcome columns
-#: ``None`` while no outcome has arrived.  Reading a million of these builds no object
-#: per row.
+#: context as their stored JSON text; ``applied`` as a bool or 0/1; ``reward`` ``None``
+#: while no outcome has arrived.  All of it lives in ``logged_decisions`` (the reward is
+#: copied there when the outcome arrives), so reading a million rows joins nothing and
+#: builds no object per row.
 EvaluationRow = tuple[
     str,  # request_id
     float,  # timestamp
@@ -71,29 +68,22 @@ EvaluationRow = tuple[
     str,  # origin
     bool | int,  # applied
     float | None,  # reward
-    str | None,  # source: "observed" | "default"
-    float | None,  # latency_ms
-    int | None,  # prompt_tokens
-    int | None,  # completion_tokens
-    float | None,  # cost
 ]
 
 
-def check_measured(measured: Outcome) -> None:
-    """Refuse a measurement that carries more than :data:`MEASURED_FIELDS` (``OutcomeError``)."""
-    for name in ("quality", "feedback", "reward"):
-        if getattr(measured, name) is not None:
-            raise OutcomeError(
-                name,
-                "a measurement holds what was measured of the call (latency, tokens, cost, "
-                "error); quality, feedback and reward arrive with the outcome",
-            )
+@dataclass(frozen=True, slots=True)
+class OutcomeCounts:
+    """Outcomes of a task type's decisions in a window: how many, how many defaulted, and
+    how many limit breaches (one per limit an outcome exceeds)."""
+
+    outcomes: int
+    defaulted: int
+    violations: int
 
 
 def evaluation_row(decision: Decision, recorded: RecordedOutcome | None) -> EvaluationRow:
     """The :data:`EvaluationRow` of a decision object and its outcome (as the SQL stores read it)."""
     data = decision.to_dict()
-    outcome = None if recorded is None else recorded.outcome
     return (
         decision.request_id,
         decision.timestamp,
@@ -105,12 +95,18 @@ def evaluation_row(decision: Decision, recorded: RecordedOutcome | None) -> Eval
         decision.origin,
         decision.applied,
         None if recorded is None else recorded.reward,
-        None if recorded is None else recorded.source,
-        None if outcome is None else outcome.latency_ms,
-        None if outcome is None else outcome.prompt_tokens,
-        None if outcome is None else outcome.completion_tokens,
-        None if outcome is None else outcome.cost,
     )
+
+
+def check_measured(measured: Outcome) -> None:
+    """Refuse a measurement that carries more than :data:`MEASURED_FIELDS` (``OutcomeError``)."""
+    for name in ("quality", "feedback", "reward"):
+        if getattr(measured, name) is not None:
+            raise OutcomeError(
+                name,
+                "a measurement holds what was measured of the call (latency, tokens, cost, "
+                "error); quality, feedback and reward arrive with the outcome",
+            )
 
 
 @runtime_checkable
@@ -172,6 +168,22 @@ class DecisionLog(Protocol):
         chunk_size: int = 50_000,
     ) -> Iterator[list[EvaluationRow]]:
         """The same rows as :meth:`iter_logged`, in the same order, as :data:`EvaluationRow` tuples."""
+
+    def count_outcomes(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        max_latency_ms: float | None = None,
+        max_tokens: float | None = None,
+        max_cost: float | None = None,
+    ) -> OutcomeCounts:
+        """Count the outcomes of the task type's decisions in ``[start, end)``.
+
+        A limit that is ``None`` counts nothing; a missing value breaks no limit
+        (as :meth:`RewardFunction.violations`); tokens are prompt + completion.
+        """
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         """Add exported decisions with their outcomes in one transaction (all or none).

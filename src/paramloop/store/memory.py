@@ -32,6 +32,7 @@ from paramloop.store.base import (
     EvaluationRow,
     LoggedRow,
     MeasuredRow,
+    OutcomeCounts,
     OutcomeRow,
     check_measured,
     evaluation_row,
@@ -211,6 +212,38 @@ class MemoryDecisionLog:
         _check_limit("chunk_size", chunk_size, minimum=1)
         chunks = self._iter_chunks(task_type, start, end, chunk_size)
         return ([evaluation_row(d, o) for d, o in chunk] for chunk in chunks)
+
+    def count_outcomes(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        max_latency_ms: float | None = None,
+        max_tokens: float | None = None,
+        max_cost: float | None = None,
+    ) -> OutcomeCounts:
+        with self._lock:
+            self._check_open("count_outcomes")
+            pairs = [
+                (self._decisions[o.request_id], o) for o in self._by_seq if o.task_type == task_type
+            ]
+        n = defaulted = violations = 0
+        for decision, recorded in pairs:
+            if (start is not None and decision.timestamp < start) or (
+                end is not None and decision.timestamp >= end
+            ):
+                continue
+            n += 1
+            defaulted += recorded.source == "default"
+            outcome = recorded.outcome
+            for value, limit in (
+                (outcome.latency_ms, max_latency_ms),
+                (outcome.total_tokens, max_tokens),
+                (outcome.cost, max_cost),
+            ):
+                violations += limit is not None and (value or 0) > limit
+        return OutcomeCounts(n, defaulted, violations)
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         for _, recorded in rows:

@@ -31,6 +31,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     func,
     select,
     tuple_,
@@ -47,7 +48,14 @@ from paramloop.errors import (
     StoreError,
     UnknownRequestError,
 )
-from paramloop.store.base import EvaluationRow, LoggedRow, MeasuredRow, OutcomeRow, check_measured
+from paramloop.store.base import (
+    EvaluationRow,
+    LoggedRow,
+    MeasuredRow,
+    OutcomeCounts,
+    OutcomeRow,
+    check_measured,
+)
 from paramloop.store.records import (
     alert_from_row,
     alert_row,
@@ -116,12 +124,7 @@ _EVALUATION_SELECT = [
     _D.policy_version,
     _D.origin,
     _D.applied,
-    _O.reward,
-    _O.source,
-    _O.latency_ms,
-    _O.prompt_tokens,
-    _O.completion_tokens,
-    _O.cost,
+    _D.reward,
     _D.id,
 ]
 
@@ -352,12 +355,7 @@ class SQLDecisionLog(ABC):
             window.append(_D.timestamp >= start)
         if end is not None:
             window.append(_D.timestamp < end)
-        query = (
-            select(*_EVALUATION_SELECT)
-            .select_from(logged_decisions.outerjoin(outcomes, _O.request_id == _D.request_id))
-            .order_by(_D.timestamp, _D.id)
-            .limit(chunk_size)
-        )
+        query = select(*_EVALUATION_SELECT).order_by(_D.timestamp, _D.id).limit(chunk_size)
         after: ColumnElement[bool] | None = None
         while True:
             conditions = window if after is None else [*window, after]
@@ -369,6 +367,44 @@ class SQLDecisionLog(ABC):
             after = tuple_(_D.timestamp, _D.id) > tuple_(rows[-1][1], rows[-1][-1])
             if len(rows) < chunk_size:
                 return
+
+    def count_outcomes(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        max_latency_ms: float | None = None,
+        max_tokens: float | None = None,
+        max_cost: float | None = None,
+    ) -> OutcomeCounts:
+        tokens = func.coalesce(_O.prompt_tokens, 0) + func.coalesce(_O.completion_tokens, 0)
+        breaches = [
+            func.coalesce(func.sum(case((value > limit, 1), else_=0)), 0)
+            for value, limit in (
+                (func.coalesce(_O.latency_ms, 0.0), max_latency_ms),
+                (tokens, max_tokens),
+                (func.coalesce(_O.cost, 0.0), max_cost),
+            )
+            if limit is not None
+        ]
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(case((_O.source == "default", 1), else_=0)), 0),
+            *breaches,
+        ).where(_O.task_type == task_type)
+        if start is not None or end is not None:
+            # The window is on the decisions' time: join them (outcomes alone need no join).
+            query = query.select_from(
+                outcomes.join(logged_decisions, _D.request_id == _O.request_id)
+            )
+            if start is not None:
+                query = query.where(_D.timestamp >= start)
+            if end is not None:
+                query = query.where(_D.timestamp < end)
+        with self._transaction("count_outcomes", write=False) as conn:
+            row = conn.execute(query).one()
+        return OutcomeCounts(int(row[0]), int(row[1]), sum(int(v) for v in row[2:]))
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         self._check_open("import_logged")

@@ -292,10 +292,8 @@ _FIND_OUTCOME = (
 )
 _EVALUATION_SQL = (
     "SELECT d.request_id, d.timestamp, d.arm, d.chosen_params, d.log_propensity, "
-    "d.context_features, d.policy_version, d.origin, d.applied, o.reward, o.source, "
-    "o.latency_ms, o.prompt_tokens, o.completion_tokens, o.cost, d.id "
-    "FROM logged_decisions AS d LEFT OUTER JOIN outcomes AS o ON o.request_id = d.request_id "
-    "WHERE {where} ORDER BY d.timestamp, d.id LIMIT ?"
+    "d.context_features, d.policy_version, d.origin, d.applied, d.reward, d.id "
+    "FROM logged_decisions AS d WHERE {where} ORDER BY d.timestamp, d.id LIMIT ?"
 )
 _MARK_DECIDED = "UPDATE logged_decisions SET outcome = ?, reward = ? WHERE request_id = ?"
 _INSERTS: dict[tuple[str, tuple[str, ...]], str] = {}

@@ -107,7 +107,7 @@ class LinearPolicy(Policy):
         With φ(x, a) = [x ⊗ z₁, z₂] (z₁ = z_a[:m], z₂ = z_a[m:]) and A⁻¹ in
         blocks P, Q, R, the width is xᵀC_a x + 2xᵀu_a + c_a for per-arm
         C_a = Σ z₁ⱼ P[·,j,·,l] z₁ₗ, u_a = Σ z₁ⱼ Q[·,j,·] z₂ and c_a = z₂ᵀRz₂, which
-        are computed once: a batch costs O(n·k·d²/2), not n projections.
+        are computed once: a batch costs O(n·(d²m² + k·m²)/4), not n projections.
         """
         dc, m = self.design.context_dim, self.design.n_interacting
         if X.ndim != 2 or X.shape[1] != dc:
@@ -120,20 +120,24 @@ class LinearPolicy(Policy):
         P = self.A_inv[:cut, :cut].reshape(dc, m, dc, m)
         Q = self.A_inv[:cut, cut:].reshape(dc, m, -1)
         R = self.A_inv[cut:, cut:]
-        C = np.einsum("aj,ijkl,al->aik", Z1, P, Z1)
         U = np.einsum("aj,ijs,as->ai", Z1, Q, Z2)
         c = np.einsum("as,st,at->a", Z2, R, Z2)
-        # xᵀC_a x over the upper triangle of x xᵀ (C_a is symmetric): one product of
-        # (rows, d(d+1)/2) by (d(d+1)/2, k), a third of the work of the full quadratic form.
-        upper, right = np.triu_indices(dc)
-        folded = C[:, upper, right] * np.where(upper == right, 1.0, 2.0)
+        # The quadratic part Σ x_i x_k z_j z_l P[i,j,k,l] is bilinear in the pairs x_i x_k
+        # (i ≤ k) and z_j z_l (j ≤ l): pairs(x) @ S @ pairs(z)ᵀ.  S is computed once, so a
+        # row costs d(d+1)/2 · m(m+1)/2 + k · m(m+1)/2 multiply-adds, not k · d².
+        i, k = np.triu_indices(dc)
+        j, l = np.triu_indices(m)
+        S = P[i[:, None], j[None, :], k[:, None], l[None, :]]
+        S = S + np.where((i != k)[:, None], P[k[:, None], j[None, :], i[:, None], l[None, :]], 0.0)
+        S *= np.where(j == l, 1.0, 2.0)[None, :]
+        arm_pairs = Z1[:, j] * Z1[:, l]
         linear = 2.0 * U.T
         width = np.empty_like(mean)
         step = 8_192
         for start in range(0, X.shape[0], step):
             rows = X[start : start + step]
-            pairs = rows[:, upper] * rows[:, right]
-            width[start : start + step] = pairs @ folded.T + rows @ linear + c
+            pairs = rows[:, i] * rows[:, k]
+            width[start : start + step] = (pairs @ S) @ arm_pairs.T + rows @ linear + c
         np.maximum(width, 0.0, out=width)
         return mean, width
 

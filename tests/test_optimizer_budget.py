@@ -1,0 +1,45 @@
+"""Budgets inside the decision loop: infeasible arms before the call, reservations, settlement."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from paramloop.core.budget import BudgetLimits
+from paramloop.engine import Optimizer
+from paramloop.engine.budgets import BudgetManager
+from paramloop.sim.tasks import default_tasks
+from paramloop.sim.world import World
+from paramloop.store.memory import MemoryDecisionLog
+from paramloop.types import Outcome
+
+TASK = "summarization"
+
+
+def test_spend_never_passes_the_daily_limit_and_the_baseline_takes_over() -> None:
+    limit = 60_000.0
+    config = replace(
+        default_tasks(task_types=[TASK], exploration=0.3)[0],
+        budget=BudgetLimits(tokens_per_day=limit, over_budget_action="baseline"),
+    )
+    store = MemoryDecisionLog()
+    clock = iter(1_700_000_000.0 + np.arange(10_000.0))
+    budgets = BudgetManager(store, {TASK: config.budget}, clock=lambda: float(next(clock)))
+    optimizer = Optimizer([config], store, budgets=budgets)
+    world, rng = World(), np.random.default_rng(0)
+    origins = []
+    for _ in range(150):
+        decision = optimizer.recommend(TASK, world.sample_context(TASK, rng))
+        origins.append(decision.origin)
+        outcome = world.outcome(TASK, decision.context, decision.params, rng)
+        optimizer.record_outcome(decision.request_id, outcome)
+        status = budgets.status(TASK)
+        assert status["spent"]["tokens"] + status["reserved"]["tokens"] <= limit
+    status = budgets.status(TASK)
+    assert status["level"] == "exhausted" or status["remaining"]["tokens"] < 4_096
+    # Once the budget binds, requests are served the baseline, never an unreserved experiment.
+    first = origins.index("budget:baseline")
+    assert all(o in ("budget:baseline", "baseline") for o in origins[first:])
+    assert 5 < first < 140
+    assert optimizer.stats.fallbacks == 0
