@@ -28,7 +28,14 @@ from paramloop.engine import Optimizer, TaskConfig
 from paramloop.errors import ConflictingOutcomeError
 from paramloop.sim.tasks import default_tasks
 from paramloop.sim.world import World
-from paramloop.store.base import DecisionLog, EvaluationRow, LoggedRow, MeasuredRow, OutcomeRow
+from paramloop.store.base import (
+    DecisionLog,
+    EvaluationRow,
+    LoggedRow,
+    LogSummary,
+    MeasuredRow,
+    OutcomeRow,
+)
 from paramloop.types import Decision, FeatureValue, Outcome, PolicySnapshot, RecordedOutcome
 
 StoreSpec = tuple[str, str, str | None]
@@ -335,6 +342,25 @@ class Interleaved:
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         return self.inner.import_logged(rows)
+
+    def summarize_log(
+        self,
+        task_type: str,
+        start: float | None = None,
+        end: float | None = None,
+        *,
+        max_latency_ms: float | None = None,
+        max_tokens: float | None = None,
+        max_cost: float | None = None,
+    ) -> LogSummary:
+        return self.inner.summarize_log(
+            task_type,
+            start,
+            end,
+            max_latency_ms=max_latency_ms,
+            max_tokens=max_tokens,
+            max_cost=max_cost,
+        )
 
     def outcomes_since(self, task_type: str, after_seq: int, limit: int) -> list[OutcomeRow]:
         return self.inner.outcomes_since(task_type, after_seq, limit)

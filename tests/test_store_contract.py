@@ -38,7 +38,7 @@ from paramloop.errors import (
     UnknownRequestError,
 )
 from paramloop.store import AuditLog, DecisionLog, Store, open_store
-from paramloop.store.base import OutcomeCounts, evaluation_row
+from paramloop.store.base import LogSummary, evaluation_row
 from paramloop.store.migrate import HEAD, MIGRATIONS_DIR, downgrade, upgrade
 from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
 from paramloop.store.schema import metadata
@@ -434,45 +434,69 @@ def test_iter_logged_streams_the_window_in_chunks(store: DecisionLog) -> None:
         store.iter_logged("summarize", chunk_size=0)
 
 
-def test_evaluation_rows_are_the_logged_rows_as_tuples(store: DecisionLog) -> None:
+def test_evaluation_rows_are_the_applied_rows_with_an_outcome(store: DecisionLog) -> None:
     stamps = [T0 + (i * 7) % 10 for i in range(25)]
     logged = [make_decision(f"e-{i:02d}", timestamp=t) for i, t in enumerate(stamps)]
+    logged[5] = replace(logged[5], applied=False)  # shadow: logged, not served
     store.append_decisions(logged)
     store.append_decision(make_decision("other", task_type="code_review"))
-    store.attach_outcome(make_outcome(logged[3]))
-    store.attach_outcome(make_outcome(logged[8], source="default", reward=0.0))
+    for i in (3, 5, 8, 11, 12, 20):
+        store.attach_outcome(make_outcome(logged[i], reward=i / 100))
 
     for window in ({}, {"start": T0 + 2, "end": T0 + 5}):
-        expected = [evaluation_row(d, o) for d, o in all_logged(store, "summarize", **window)]
-        chunks = list(store.iter_evaluation_rows("summarize", chunk_size=6, **window))
-        rows = [row for chunk in chunks for row in chunk]
-        assert all(len(chunk) <= 6 for chunk in chunks)
-        # applied comes back as 0/1 from SQLite: compare it as a truth value.
-        assert [(*r[:8], bool(r[8]), *r[9:]) for r in rows] == expected
-    by_id = {row[0]: row for chunk in store.iter_evaluation_rows("summarize") for row in chunk}
-    assert (by_id["e-03"][9], by_id["e-08"][9], by_id["e-00"][9]) == (0.75, 0.0, None)
-    assert json.loads(by_id["e-00"][5])["tags"] == ["a", "b"]
+        expected = [
+            evaluation_row(d, o)
+            for d, o in all_logged(store, "summarize", **window)
+            if o is not None and d.applied
+        ]
+        chunks = list(store.iter_evaluation_rows("summarize", chunk_size=2, **window))
+        assert all(len(chunk) <= 2 for chunk in chunks)
+        assert [row for chunk in chunks for row in chunk] == expected
+    rows = [row for chunk in store.iter_evaluation_rows("summarize") for row in chunk]
+    assert sorted(row[4] for row in rows) == [0.03, 0.08, 0.11, 0.12, 0.2]
+    assert json.loads(rows[0][3])["tags"] == ["a", "b"]
     assert list(store.iter_evaluation_rows("unknown_task")) == []
     with pytest.raises(ConfigError, match="chunk_size"):
         store.iter_evaluation_rows("summarize", chunk_size=0)
 
 
-def test_outcomes_are_counted_by_window_source_and_limit(store: DecisionLog) -> None:
+def test_the_log_summary_counts_by_window_source_and_limit(store: DecisionLog) -> None:
     logged = [make_decision(f"c-{i}", timestamp=T0 + i) for i in range(6)]
+    logged[5] = replace(logged[5], applied=False, policy="baseline@1.0.0")
+    logged[3] = replace(logged[3], arm=4, params=replace(logged[3].params, seed=99))
     store.append_decisions([*logged, make_decision("other", task_type="code_review")])
     slow = Outcome(latency_ms=2_000.0, prompt_tokens=900, completion_tokens=200, cost=0.5)
     store.attach_outcome(make_outcome(logged[0]))  # 812.25 ms, 528 tokens, no cost
     store.attach_outcome(make_outcome(logged[1], outcome=slow))
     store.attach_outcome(make_outcome(logged[2], source="default", outcome=Outcome(reward=0.0)))
-    store.attach_outcome(make_outcome(logged[4], outcome=Outcome(latency_ms=1_500.0)))
+    store.attach_outcome(make_outcome(logged[3], outcome=Outcome(latency_ms=1_500.0)))
+    store.attach_outcome(make_outcome(logged[5]))
     store.attach_outcome(make_outcome(store.get_decision("other"), outcome=slow))  # type: ignore[arg-type]
     limits = {"max_latency_ms": 1_000.0, "max_tokens": 1_000.0, "max_cost": 0.25}
-    # c-1 breaks all three limits, c-4 the latency one; a missing value breaks none.
-    assert store.count_outcomes("summarize", **limits) == OutcomeCounts(4, 1, 4)
-    assert store.count_outcomes("summarize", T0 + 1, T0 + 4, **limits) == OutcomeCounts(2, 1, 3)
-    assert store.count_outcomes("summarize", max_latency_ms=1_600.0) == OutcomeCounts(4, 1, 1)
-    assert store.count_outcomes("summarize") == OutcomeCounts(4, 1, 0)
-    assert store.count_outcomes("unknown") == OutcomeCounts(0, 0, 0)
+    # c-1 breaks all three limits, c-3 the latency one; a missing value breaks none.
+    summary = store.summarize_log("summarize", **limits)
+    assert (summary.decisions, summary.outcomes, summary.defaulted, summary.violations) == (
+        6,
+        5,
+        1,
+        4,
+    )
+    # The served arms of applied decisions with an outcome, the seed left out of the key.
+    uses = sorted((u.arm, json.loads(u.params), u.policy, u.rows) for u in summary.arms)
+    params = {k: v for k, v in logged[0].params.to_dict().items() if k != "seed"}
+    assert uses == [(3, params, "linucb@1.0.0", 3), (4, params, "linucb@1.0.0", 1)]
+    assert {u.request_id for u in summary.arms if u.arm == 4} == {"c-3"}
+    windowed = store.summarize_log("summarize", T0 + 1, T0 + 4, **limits)
+    assert (windowed.decisions, windowed.outcomes, windowed.defaulted, windowed.violations) == (
+        3,
+        3,
+        1,
+        4,
+    )
+    bare = store.summarize_log("summarize", max_latency_ms=1_600.0)
+    assert (bare.defaulted, bare.violations) == (1, 1)
+    assert store.summarize_log("summarize").violations == 0
+    assert store.summarize_log("unknown") == LogSummary(0, 0, 0, 0, ())
 
 
 def test_import_logged_restores_an_export_all_or_none(store: DecisionLog) -> None:

@@ -65,15 +65,15 @@ def test_states_are_listed_by_kind_and_key(store: Store) -> None:
 
 
 def test_invalid_state_and_alerts_are_refused(store: Store) -> None:
-    with pytest.raises(ConfigError, match="state.kind"):
+    with pytest.raises(ConfigError, match=r"state\.kind"):
         store.put_state(StateRecord("", "k", {}, T0), 0)
     with pytest.raises(ConfigError, match="expected_version"):
         store.put_state(state(), -1)
     with pytest.raises(StoreError, match="NaN"):
         store.put_state(state(x=math.nan), 0)
-    with pytest.raises(ConfigError, match="alert.severity"):
+    with pytest.raises(ConfigError, match=r"alert\.severity"):
         store.append_alert(alert(severity="loud"))
-    with pytest.raises(ConfigError, match="alert.id"):
+    with pytest.raises(ConfigError, match=r"alert\.id"):
         store.append_alert(alert(id=4))
     with pytest.raises(ConfigError, match="limit"):
         store.list_alerts(limit=-1)

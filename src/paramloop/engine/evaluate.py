@@ -35,11 +35,13 @@ from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import CrossFitted, fit_outcome_model
 from paramloop.errors import EvaluationError, FeatureError, InputError
 from paramloop.store.base import (
+    ArmUse,
     DecisionLog,
     EvaluationRow,
     LoggedRow,
-    OutcomeCounts,
+    LogSummary,
     evaluation_row,
+    summarize_rows,
 )
 from paramloop.types import Params
 
@@ -107,53 +109,45 @@ def read_log(
 
     ``rows`` reads decision objects from elsewhere (an export:
     :func:`paramloop.engine.export.read_export`) instead of ``store``; the window
-    still applies.  From a store, each chunk arrives as plain tuples and is
-    turned into columns at once: a context logged many times is parsed and
-    featurized once, no object is built per row, and the outcome counts come
-    from one aggregate query.
+    still applies.  From a store, the rows arrive as plain tuples of the applied
+    decisions with an outcome, and each chunk becomes columns at once (a context
+    logged many times is parsed and featurized once); the counts, the served arms
+    and the policies come from one summary query (:meth:`DecisionLog.summarize_log`).
     """
     reward = config.reward
-    limits = {
-        "max_latency_ms": reward.max_latency_ms,
-        "max_tokens": reward.max_tokens,
-        "max_cost": reward.max_cost,
-    }
-    tally = _Tally()
+    limits = (reward.max_latency_ms, reward.max_tokens, reward.max_cost)
     if rows is None:
         if store is None:
             raise InputError("store", "give a store or rows to read the log from")
+        summary = store.summarize_log(
+            config.name,
+            start,
+            end,
+            max_latency_ms=limits[0],
+            max_tokens=limits[1],
+            max_cost=limits[2],
+        )
+        _check_arms(config, summary)
         chunks: Iterable[list[EvaluationRow]] = store.iter_evaluation_rows(
             config.name, start, end, chunk_size
         )
     else:
-        chunks = _tallied(rows, config, start, end, tally)
+        summaries: list[LogSummary] = []
+        chunks = _summarized(rows, start, end, limits, summaries)
     parts: list[_Chunk] = []
-    logged = without = 0
     for chunk in chunks:
         if chunk:
-            part = _read_chunk(config, chunk, start, end)
-            logged += part.logged
-            without += part.without_outcome
-            parts.append(part)
+            parts.append(_read_chunk(config, chunk))
         if progress is not None:
             progress(len(chunk))
-    counts = (
-        store.count_outcomes(config.name, start, end, **limits)
-        if rows is None and store
-        else tally.counts()
-    )
-    mismatched = [request_id for part in parts for request_id in part.mismatched]
-    if mismatched:
-        raise EvaluationError(
-            "arms",
-            f"{len(mismatched)} logged decisions name an arm the configured space of {config.name!r} does not "
-            f"have (the space changed since they were logged); first request ids: {', '.join(mismatched[:5])}",
-        )
-    if not any(part.rewards.size for part in parts):
+    if rows is not None:
+        summary = _merged(summaries)
+        _check_arms(config, summary)
+    if not parts:
         raise EvaluationError(
             "window",
             f"no logged decision of task type {config.name!r} with an outcome in the window "
-            f"({logged} decisions, {without} without an outcome)",
+            f"({summary.decisions} decisions, {summary.decisions - summary.outcomes} without an outcome)",
         )
     return LoggedTask(
         task_type=config.name,
@@ -163,43 +157,65 @@ def read_log(
         rewards=np.concatenate([part.rewards for part in parts]),
         timestamps=np.concatenate([part.timestamps for part in parts]),
         explored=np.concatenate([part.explored for part in parts]),
-        logged=logged,
-        without_outcome=without,
-        defaulted=counts.defaulted,
-        violations=counts.violations,
-        policies=tuple(sorted({name for part in parts for name in part.policies})),
+        logged=summary.decisions,
+        without_outcome=summary.decisions - summary.outcomes,
+        defaulted=summary.defaulted,
+        violations=summary.violations,
+        policies=tuple(sorted({use.policy for use in summary.arms})),
     )
 
 
-@dataclass
-class _Tally:
-    """Outcome counts of decision objects, kept while they are converted to rows."""
-
-    outcomes: int = 0
-    defaulted: int = 0
-    violations: int = 0
-
-    def counts(self) -> OutcomeCounts:
-        return OutcomeCounts(self.outcomes, self.defaulted, self.violations)
-
-
-def _tallied(
-    chunks: Iterable[list[LoggedRow]],
-    config: TaskConfig,
+def _summarized(
+    rows: Iterable[list[LoggedRow]],
     start: float | None,
     end: float | None,
-    tally: _Tally,
+    limits: tuple[float | None, float | None, float | None],
+    summaries: list[LogSummary],
 ) -> Iterator[list[EvaluationRow]]:
-    for chunk in chunks:
-        for decision, recorded in chunk:
-            if recorded is None or (start is not None and decision.timestamp < start):
-                continue
-            if end is not None and decision.timestamp >= end:
-                continue
-            tally.outcomes += 1
-            tally.defaulted += recorded.source == "default"
-            tally.violations += config.reward.violations(recorded.outcome)
-        yield [evaluation_row(decision, recorded) for decision, recorded in chunk]
+    """Decision objects as evaluation rows, chunk by chunk, summarizing each chunk on the way."""
+    for chunk in rows:
+        window = [
+            (d, o)
+            for d, o in chunk
+            if (start is None or d.timestamp >= start) and (end is None or d.timestamp < end)
+        ]
+        summaries.append(summarize_rows(window, *limits))
+        yield [evaluation_row(d, o) for d, o in window if o is not None and d.applied]
+
+
+def _merged(summaries: Sequence[LogSummary]) -> LogSummary:
+    arms: dict[tuple[int, str, str], ArmUse] = {}
+    for part in summaries:
+        for use in part.arms:
+            key = (use.arm, use.params, use.policy)
+            seen = arms.get(key)
+            arms[key] = use if seen is None else replace(seen, rows=seen.rows + use.rows)
+    return LogSummary(
+        decisions=sum(p.decisions for p in summaries),
+        outcomes=sum(p.outcomes for p in summaries),
+        defaulted=sum(p.defaulted for p in summaries),
+        violations=sum(p.violations for p in summaries),
+        arms=tuple(arms.values()),
+    )
+
+
+def _check_arms(config: TaskConfig, summary: LogSummary) -> None:
+    """Refuse a log whose arm indices mean other parameters in today's space."""
+    space = config.space.arms
+    wrong = [
+        use
+        for use in summary.arms
+        if not 0 <= use.arm < len(space)
+        or replace(Params.from_dict(orjson.loads(use.params)), seed=None) != space[use.arm]
+    ]
+    if wrong:
+        count = sum(use.rows for use in wrong)
+        raise EvaluationError(
+            "arms",
+            f"{count} logged decisions name an arm the configured space of {config.name!r} does "
+            f"not have (the space changed since they were logged); for example request ids: "
+            f"{', '.join(sorted(use.request_id for use in wrong)[:5])}",
+        )
 
 
 @dataclass(frozen=True)
@@ -212,111 +228,32 @@ class _Chunk:
     rewards: FloatArray
     timestamps: FloatArray
     explored: npt.NDArray[np.bool_]
-    logged: int
-    without_outcome: int
-    policies: frozenset[str]
-    mismatched: list[str]
 
 
-def _read_chunk(
-    config: TaskConfig, chunk: list[EvaluationRow], start: float | None, end: float | None
-) -> _Chunk:
-    (
-        request_ids,
-        timestamps,
-        arms,
-        params,
-        propensities,
-        contexts,
-        policies,
-        origins,
-        applied,
-        rewards,
-    ) = zip(*chunk, strict=True)
-    ts = np.array(timestamps, dtype=np.float64)
-    in_window = np.ones(len(chunk), dtype=bool)
-    if start is not None:
-        in_window &= ts >= start
-    if end is not None:
-        in_window &= ts < end
-    reward = np.array(rewards, dtype=np.float64)  # None (no outcome yet) reads as NaN
-    has_outcome = np.array([r is not None for r in rewards], dtype=bool)
-    keep = in_window & has_outcome & np.array(applied, dtype=bool)
-    index = np.flatnonzero(keep)
-    picked = index.tolist()
-    without = int((in_window & ~has_outcome).sum())
-    mismatched = _mismatched(config, [arms[i] for i in picked], [params[i] for i in picked])
-    if mismatched:
-        return _Chunk(
-            *_empty(config),
-            logged=int(in_window.sum()),
-            without_outcome=without,
-            policies=frozenset(),
-            mismatched=[request_ids[i] for i in picked if (arms[i], params[i]) in mismatched],
-        )
+def _read_chunk(config: TaskConfig, chunk: list[EvaluationRow]) -> _Chunk:
+    timestamps, arms, propensities, contexts, rewards = zip(*chunk, strict=True)
     # Parse and featurize each distinct context once: logs repeat contexts.
     codes: dict[str, int] = {}
-    code = [codes.setdefault(contexts[i], len(codes)) for i in picked]
+    code = [codes.setdefault(text, len(codes)) for text in contexts]
     parsed = [orjson.loads(text) for text in codes]
     try:
-        unique = config.featurizer.transform_many(parsed) if parsed else _empty(config)[0]
+        unique = config.featurizer.transform_many(parsed)
     except FeatureError as exc:
         raise EvaluationError(
             "context", f"logged contexts do not fit the featurizer: {exc}"
         ) from None
-    propensity = np.array(propensities, dtype=np.float64)[index]
-    # A logged propensity below 1 comes from a distribution over every feasible arm (a
-    # bandit's exploration floor, or a rollout split mixing it in); a fallback never explores.
-    fallback = np.array([origins[i] == "fallback:baseline" for i in picked], dtype=bool)
+    propensity = np.array(propensities, dtype=np.float64)
     return _Chunk(
         contexts=unique[np.array(code, dtype=np.intp)],
-        actions=np.array(arms, dtype=np.intp)[index],
+        actions=np.array(arms, dtype=np.intp),
         propensities=propensity,
-        rewards=reward[index],
-        timestamps=ts[index],
-        explored=(propensity < 1.0) & ~fallback,
-        logged=int(in_window.sum()),
-        without_outcome=without,
-        policies=frozenset(policies[i] for i in picked),
-        mismatched=[],
+        rewards=np.array(rewards, dtype=np.float64),
+        timestamps=np.array(timestamps, dtype=np.float64),
+        # A logged propensity below 1 comes from a distribution over every feasible arm
+        # (a bandit's exploration floor, or a rollout split mixing it in); a baseline or
+        # fallback decision has propensity 1.
+        explored=propensity < 1.0,
     )
-
-
-def _empty(
-    config: TaskConfig,
-) -> tuple[FloatArray, IntArray, FloatArray, FloatArray, FloatArray, npt.NDArray[np.bool_]]:
-    empty = np.zeros(0)
-    return (
-        np.zeros((0, config.featurizer.dim)),
-        np.zeros(0, dtype=np.intp),
-        empty,
-        empty,
-        empty,
-        np.zeros(0, dtype=bool),
-    )
-
-
-def _mismatched(config: TaskConfig, arms: list[int], params: list[str]) -> set[tuple[int, str]]:
-    """The (arm, params) pairs whose arm index means other parameters in today's space.
-
-    Parameters differ between decisions of one arm only by their seed, so each
-    text is keyed without it (``"seed":`` can only be a key: a quote inside a
-    JSON string is escaped) and each distinct key is parsed once.
-    """
-    space = config.space.arms
-    verdict: dict[tuple[int, str, str], bool] = {}
-    bad: set[tuple[int, str]] = set()
-    for arm, text in zip(arms, params, strict=True):
-        head, _, tail = text.partition('"seed":')
-        key = (arm, head, tail.partition(",")[2])
-        wrong = verdict.get(key)
-        if wrong is None:
-            wrong = verdict[key] = not 0 <= arm < len(space) or (
-                replace(Params.from_dict(orjson.loads(text)), seed=None) != space[arm]
-            )
-        if wrong:
-            bad.add((arm, text))
-    return bad
 
 
 def target_distribution(

@@ -10,9 +10,9 @@ already decided.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from paramloop.errors import OutcomeError
 from paramloop.store.records import dumps
@@ -39,63 +39,89 @@ MeasuredRow = tuple[Decision, Outcome]
 #: with the outcome.
 MEASURED_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "cost", "error")
 
-#: What offline evaluation reads of a logged decision, in the order of :data:`EvaluationRow`.
-EVALUATION_COLUMNS = (
-    "request_id",
-    "timestamp",
-    "arm",
-    "chosen_params",
-    "log_propensity",
-    "context_features",
-    "policy_version",
-    "origin",
-    "applied",
-    "reward",
-)
-#: One logged decision as a plain tuple of :data:`EVALUATION_COLUMNS`: the params and the
-#: context as their stored JSON text; ``applied`` as a bool or 0/1; ``reward`` ``None``
-#: while no outcome has arrived.  All of it lives in ``logged_decisions`` (the reward is
-#: copied there when the outcome arrives), so reading a million rows joins nothing and
-#: builds no object per row.
-EvaluationRow = tuple[
-    str,  # request_id
-    float,  # timestamp
-    int,  # arm
-    str,  # chosen_params (JSON)
-    float,  # log_propensity
-    str,  # context_features (JSON)
-    str,  # policy_version
-    str,  # origin
-    bool | int,  # applied
-    float | None,  # reward
-]
+#: What offline evaluation reads of each logged decision, in the order of :data:`EvaluationRow`.
+EVALUATION_COLUMNS = ("timestamp", "arm", "log_propensity", "context_features", "reward")
+#: One applied decision with an outcome, as a plain tuple of :data:`EVALUATION_COLUMNS`:
+#: the context as its stored JSON text.  All of it lives in ``logged_decisions`` (the
+#: reward is copied there when the outcome arrives), so reading a million rows joins
+#: nothing and builds no object per row; what evaluation needs once per window (counts,
+#: the arms and policies that were served) comes from :meth:`DecisionLog.summarize_log`.
+EvaluationRow = tuple[float, int, float, str, float]
 
 
 @dataclass(frozen=True, slots=True)
-class OutcomeCounts:
-    """Outcomes of a task type's decisions in a window: how many, how many defaulted, and
-    how many limit breaches (one per limit an outcome exceeds)."""
+class ArmUse:
+    """One (arm, parameters, policy) combination among a window's applied decisions with an
+    outcome: ``params`` is the parameters' JSON without the per-decision seed."""
 
+    arm: int
+    params: str
+    policy: str
+    rows: int
+    request_id: str  # one of them, to name in an error message
+
+
+@dataclass(frozen=True, slots=True)
+class LogSummary:
+    """A window of a task type's log, counted: decisions, outcomes, default rewards, limit
+    breaches (one per limit an outcome exceeds), and the arms that were served."""
+
+    decisions: int
     outcomes: int
     defaulted: int
     violations: int
+    arms: tuple[ArmUse, ...] = ()
 
 
-def evaluation_row(decision: Decision, recorded: RecordedOutcome | None) -> EvaluationRow:
+def evaluation_row(decision: Decision, recorded: RecordedOutcome) -> EvaluationRow:
     """The :data:`EvaluationRow` of a decision object and its outcome (as the SQL stores read it)."""
-    data = decision.to_dict()
     return (
-        decision.request_id,
         decision.timestamp,
         decision.arm,
-        dumps(data["params"]),
         decision.propensity,
-        dumps(data["context"]),
-        decision.policy,
-        decision.origin,
-        decision.applied,
-        None if recorded is None else recorded.reward,
+        dumps(decision.to_dict()["context"]),
+        recorded.reward,
     )
+
+
+def summarize_rows(
+    rows: Iterable[LoggedRow],
+    max_latency_ms: float | None = None,
+    max_tokens: float | None = None,
+    max_cost: float | None = None,
+) -> LogSummary:
+    """:meth:`DecisionLog.summarize_log` of decision objects (the in-memory store, an export)."""
+    decisions = with_outcome = defaulted = violations = 0
+    arms: dict[tuple[int, str, str], list[Any]] = {}
+    for decision, recorded in rows:
+        decisions += 1
+        if recorded is None:
+            continue
+        with_outcome += 1
+        defaulted += recorded.source == "default"
+        outcome = recorded.outcome
+        for value, limit in (
+            (outcome.latency_ms, max_latency_ms),
+            (outcome.total_tokens, max_tokens),
+            (outcome.cost, max_cost),
+        ):
+            violations += limit is not None and (value or 0) > limit
+        if decision.applied:
+            key = (decision.arm, params_without_seed(decision.params.to_dict()), decision.policy)
+            use = arms.setdefault(key, [0, decision.request_id])
+            use[0] += 1
+    return LogSummary(
+        decisions,
+        with_outcome,
+        defaulted,
+        violations,
+        tuple(ArmUse(a, p, pv, n, r) for (a, p, pv), (n, r) in arms.items()),
+    )
+
+
+def params_without_seed(params: Mapping[str, object]) -> str:
+    """The JSON key of :attr:`ArmUse.params`: a decision's parameters without its seed."""
+    return dumps({k: v for k, v in params.items() if k != "seed"})
 
 
 def check_measured(measured: Outcome) -> None:
@@ -167,9 +193,10 @@ class DecisionLog(Protocol):
         end: float | None = None,
         chunk_size: int = 50_000,
     ) -> Iterator[list[EvaluationRow]]:
-        """The same rows as :meth:`iter_logged`, in the same order, as :data:`EvaluationRow` tuples."""
+        """The applied decisions with an outcome among :meth:`iter_logged`'s rows, in the same
+        order and chunked alike, as :data:`EvaluationRow` tuples."""
 
-    def count_outcomes(
+    def summarize_log(
         self,
         task_type: str,
         start: float | None = None,
@@ -178,11 +205,13 @@ class DecisionLog(Protocol):
         max_latency_ms: float | None = None,
         max_tokens: float | None = None,
         max_cost: float | None = None,
-    ) -> OutcomeCounts:
-        """Count the outcomes of the task type's decisions in ``[start, end)``.
+    ) -> LogSummary:
+        """Count the task type's decisions in ``[start, end)`` and their outcomes.
 
         A limit that is ``None`` counts nothing; a missing value breaks no limit
         (as :meth:`RewardFunction.violations`); tokens are prompt + completion.
+        ``arms`` lists the served combinations among the applied decisions with an
+        outcome (the rows :meth:`iter_evaluation_rows` yields), in no set order.
         """
 
     def import_logged(self, rows: list[LoggedRow]) -> int:

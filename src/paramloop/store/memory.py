@@ -31,11 +31,12 @@ from paramloop.errors import (
 from paramloop.store.base import (
     EvaluationRow,
     LoggedRow,
+    LogSummary,
     MeasuredRow,
-    OutcomeCounts,
     OutcomeRow,
     check_measured,
     evaluation_row,
+    summarize_rows,
 )
 from paramloop.store.records import (
     alert_from_row,
@@ -207,13 +208,16 @@ class MemoryDecisionLog:
         end: float | None = None,
         chunk_size: int = 50_000,
     ) -> Iterator[list[EvaluationRow]]:
-        """As :meth:`iter_logged`, each row as an :data:`EvaluationRow`."""
+        """As :meth:`iter_logged`'s applied decisions with an outcome, as :data:`EvaluationRow`."""
         self._check_open("iter_evaluation_rows")
         _check_limit("chunk_size", chunk_size, minimum=1)
         chunks = self._iter_chunks(task_type, start, end, chunk_size)
-        return ([evaluation_row(d, o) for d, o in chunk] for chunk in chunks)
+        return (
+            [evaluation_row(d, o) for d, o in chunk if o is not None and d.applied]
+            for chunk in chunks
+        )
 
-    def count_outcomes(
+    def summarize_log(
         self,
         task_type: str,
         start: float | None = None,
@@ -222,28 +226,17 @@ class MemoryDecisionLog:
         max_latency_ms: float | None = None,
         max_tokens: float | None = None,
         max_cost: float | None = None,
-    ) -> OutcomeCounts:
+    ) -> LogSummary:
         with self._lock:
-            self._check_open("count_outcomes")
-            pairs = [
-                (self._decisions[o.request_id], o) for o in self._by_seq if o.task_type == task_type
+            self._check_open("summarize_log")
+            rows = [
+                (d, self._outcomes.get(d.request_id))
+                for d in self._log
+                if d.task_type == task_type
+                and (start is None or d.timestamp >= start)
+                and (end is None or d.timestamp < end)
             ]
-        n = defaulted = violations = 0
-        for decision, recorded in pairs:
-            if (start is not None and decision.timestamp < start) or (
-                end is not None and decision.timestamp >= end
-            ):
-                continue
-            n += 1
-            defaulted += recorded.source == "default"
-            outcome = recorded.outcome
-            for value, limit in (
-                (outcome.latency_ms, max_latency_ms),
-                (outcome.total_tokens, max_tokens),
-                (outcome.cost, max_cost),
-            ):
-                violations += limit is not None and (value or 0) > limit
-        return OutcomeCounts(n, defaulted, violations)
+        return summarize_rows(rows, max_latency_ms, max_tokens, max_cost)
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         for _, recorded in rows:

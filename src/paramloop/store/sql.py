@@ -49,10 +49,11 @@ from paramloop.errors import (
     UnknownRequestError,
 )
 from paramloop.store.base import (
+    ArmUse,
     EvaluationRow,
     LoggedRow,
+    LogSummary,
     MeasuredRow,
-    OutcomeCounts,
     OutcomeRow,
     check_measured,
 )
@@ -115,15 +116,10 @@ _OUTCOME_COLUMNS = [column.label(f"o_{column.name}") for column in outcomes.c]
 _JOINED_COLUMNS = [*logged_decisions.c, *_OUTCOME_COLUMNS]
 # What offline evaluation reads (EVALUATION_COLUMNS), then the keyset position.
 _EVALUATION_SELECT = [
-    _D.request_id,
     _D.timestamp,
     _D.arm,
-    _D.chosen_params,
     _D.log_propensity,
     _D.context_features,
-    _D.policy_version,
-    _D.origin,
-    _D.applied,
     _D.reward,
     _D.id,
 ]
@@ -350,11 +346,7 @@ class SQLDecisionLog(ABC):
     def _iter_evaluation_chunks(
         self, task_type: str, start: float | None, end: float | None, chunk_size: int
     ) -> Iterator[list[EvaluationRow]]:
-        window: list[ColumnElement[bool]] = [_D.task_type == task_type]
-        if start is not None:
-            window.append(_D.timestamp >= start)
-        if end is not None:
-            window.append(_D.timestamp < end)
+        window = [*_window(task_type, start, end), _D.applied.is_(True), _D.reward.is_not(None)]
         query = select(*_EVALUATION_SELECT).order_by(_D.timestamp, _D.id).limit(chunk_size)
         after: ColumnElement[bool] | None = None
         while True:
@@ -364,11 +356,11 @@ class SQLDecisionLog(ABC):
             if not rows:
                 return
             yield [tuple(row)[:-1] for row in rows]
-            after = tuple_(_D.timestamp, _D.id) > tuple_(rows[-1][1], rows[-1][-1])
+            after = tuple_(_D.timestamp, _D.id) > tuple_(rows[-1][0], rows[-1][-1])
             if len(rows) < chunk_size:
                 return
 
-    def count_outcomes(
+    def summarize_log(
         self,
         task_type: str,
         start: float | None = None,
@@ -377,7 +369,9 @@ class SQLDecisionLog(ABC):
         max_latency_ms: float | None = None,
         max_tokens: float | None = None,
         max_cost: float | None = None,
-    ) -> OutcomeCounts:
+    ) -> LogSummary:
+        window = _window(task_type, start, end)
+        decisions = select(func.count(), func.count(_D.reward)).where(*window)
         tokens = func.coalesce(_O.prompt_tokens, 0) + func.coalesce(_O.completion_tokens, 0)
         breaches = [
             func.coalesce(func.sum(case((value > limit, 1), else_=0)), 0)
@@ -388,23 +382,35 @@ class SQLDecisionLog(ABC):
             )
             if limit is not None
         ]
-        query = select(
-            func.count(),
-            func.coalesce(func.sum(case((_O.source == "default", 1), else_=0)), 0),
-            *breaches,
+        outcome_counts = select(
+            func.coalesce(func.sum(case((_O.source == "default", 1), else_=0)), 0), *breaches
         ).where(_O.task_type == task_type)
         if start is not None or end is not None:
             # The window is on the decisions' time: join them (outcomes alone need no join).
-            query = query.select_from(
+            outcome_counts = outcome_counts.select_from(
                 outcomes.join(logged_decisions, _D.request_id == _O.request_id)
-            )
-            if start is not None:
-                query = query.where(_D.timestamp >= start)
-            if end is not None:
-                query = query.where(_D.timestamp < end)
-        with self._transaction("count_outcomes", write=False) as conn:
-            row = conn.execute(query).one()
-        return OutcomeCounts(int(row[0]), int(row[1]), sum(int(v) for v in row[2:]))
+            ).where(*window[1:])
+        params = self._params_without_seed(_D.chosen_params)
+        arms = (
+            select(_D.arm, params, _D.policy_version, func.count(), func.min(_D.request_id))
+            .where(*window, _D.applied.is_(True), _D.reward.is_not(None))
+            .group_by(_D.arm, params, _D.policy_version)
+        )
+        with self._transaction("summarize_log", write=False) as conn:
+            n, with_outcome = conn.execute(decisions).one()
+            counted = conn.execute(outcome_counts).one()
+            used = conn.execute(arms).all()
+        return LogSummary(
+            decisions=int(n),
+            outcomes=int(with_outcome),
+            defaulted=int(counted[0]),
+            violations=sum(int(v) for v in counted[1:]),
+            arms=tuple(ArmUse(int(a), str(p), str(pv), int(c), str(r)) for a, p, pv, c, r in used),
+        )
+
+    def _params_without_seed(self, column: ColumnElement[str]) -> ColumnElement[str]:
+        """SQL for the parameters' JSON without ``seed`` (the key of :attr:`ArmUse.params`)."""
+        return func.json_remove(column, "$.seed")
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         self._check_open("import_logged")
@@ -780,6 +786,15 @@ def _decision_from_row(row: RowMapping) -> Decision:
             "intended_arm": row["intended_arm"],
         }
     )
+
+
+def _window(task_type: str, start: float | None, end: float | None) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [_D.task_type == task_type]
+    if start is not None:
+        conditions.append(_D.timestamp >= start)
+    if end is not None:
+        conditions.append(_D.timestamp < end)
+    return conditions
 
 
 def _check_outcome_matches(decision: Decision, recorded: RecordedOutcome) -> None:

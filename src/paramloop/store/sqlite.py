@@ -221,7 +221,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
     ) -> Iterator[list[EvaluationRow]]:
         # On the driver connection: SQLAlchemy's row objects cost more than SQLite
         # takes to read a row, and evaluation reads millions of them.
-        where = ["d.task_type = ?"]
+        where = ["d.task_type = ?", "d.applied", "d.reward IS NOT NULL"]
         window: list[object] = [task_type]
         if start is not None:
             where.append("d.timestamp >= ?")
@@ -252,7 +252,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
                     ) from exc
             if not rows:
                 return
-            after = (rows[-1][1], rows[-1][-1])
+            after = (rows[-1][0], rows[-1][-1])
             yield [row[:-1] for row in rows]
             if len(rows) < chunk_size:
                 return
@@ -291,8 +291,7 @@ _FIND_OUTCOME = (
     "LEFT OUTER JOIN outcomes AS o ON o.request_id = d.request_id WHERE d.request_id = ?"
 )
 _EVALUATION_SQL = (
-    "SELECT d.request_id, d.timestamp, d.arm, d.chosen_params, d.log_propensity, "
-    "d.context_features, d.policy_version, d.origin, d.applied, d.reward, d.id "
+    "SELECT d.timestamp, d.arm, d.log_propensity, d.context_features, d.reward, d.id "
     "FROM logged_decisions AS d WHERE {where} ORDER BY d.timestamp, d.id LIMIT ?"
 )
 _MARK_DECIDED = "UPDATE logged_decisions SET outcome = ?, reward = ? WHERE request_id = ?"

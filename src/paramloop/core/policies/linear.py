@@ -126,11 +126,11 @@ class LinearPolicy(Policy):
         # (i ≤ k) and z_j z_l (j ≤ l): pairs(x) @ S @ pairs(z)ᵀ.  S is computed once, so a
         # row costs d(d+1)/2 · m(m+1)/2 + k · m(m+1)/2 multiply-adds, not k · d².
         i, k = np.triu_indices(dc)
-        j, l = np.triu_indices(m)
-        S = P[i[:, None], j[None, :], k[:, None], l[None, :]]
-        S = S + np.where((i != k)[:, None], P[k[:, None], j[None, :], i[:, None], l[None, :]], 0.0)
-        S *= np.where(j == l, 1.0, 2.0)[None, :]
-        arm_pairs = Z1[:, j] * Z1[:, l]
+        j, jj = np.triu_indices(m)
+        S = P[i[:, None], j[None, :], k[:, None], jj[None, :]]
+        S = S + np.where((i != k)[:, None], P[k[:, None], j[None, :], i[:, None], jj[None, :]], 0.0)
+        S *= np.where(j == jj, 1.0, 2.0)[None, :]
+        arm_pairs = Z1[:, j] * Z1[:, jj]
         linear = 2.0 * U.T
         width = np.empty_like(mean)
         step = 8_192
