@@ -35,7 +35,6 @@ from paramloop.engine.config import TaskConfig
 from paramloop.engine.outcome_model import CrossFitted, fit_outcome_model
 from paramloop.errors import EvaluationError, FeatureError, InputError
 from paramloop.store.base import (
-    ArmUse,
     DecisionLog,
     EvaluationRow,
     LoggedRow,
@@ -43,6 +42,7 @@ from paramloop.store.base import (
     evaluation_row,
     summarize_rows,
 )
+from paramloop.store.records import dumps
 from paramloop.types import Params
 
 #: The estimators evaluated when none are named.
@@ -127,7 +127,6 @@ def read_log(
             max_tokens=limits[1],
             max_cost=limits[2],
         )
-        _check_arms(config, summary)
         chunks: Iterable[list[EvaluationRow]] = store.iter_evaluation_rows(
             config.name, start, end, chunk_size
         )
@@ -135,14 +134,22 @@ def read_log(
         summaries: list[LogSummary] = []
         chunks = _summarized(rows, start, end, limits, summaries)
     parts: list[_Chunk] = []
+    arms = _ArmCheck(config)
     for chunk in chunks:
         if chunk:
-            parts.append(_read_chunk(config, chunk))
+            parts.append(_read_chunk(config, chunk, arms))
         if progress is not None:
             progress(len(chunk))
     if rows is not None:
         summary = _merged(summaries)
-        _check_arms(config, summary)
+    if arms.wrong:
+        count = sum(arms.wrong.values())
+        shown = "; ".join(f"arm {arm} logged as {text}" for arm, text in list(arms.wrong)[:3])
+        raise EvaluationError(
+            "arms",
+            f"{count} logged decisions name an arm the configured space of {config.name!r} does "
+            f"not have (the space changed since they were logged): {shown}",
+        )
     if not parts:
         raise EvaluationError(
             "window",
@@ -161,7 +168,7 @@ def read_log(
         without_outcome=summary.decisions - summary.outcomes,
         defaulted=summary.defaulted,
         violations=summary.violations,
-        policies=tuple(sorted({use.policy for use in summary.arms})),
+        policies=tuple(sorted({name for part in parts for name in part.policies})),
     )
 
 
@@ -184,38 +191,54 @@ def _summarized(
 
 
 def _merged(summaries: Sequence[LogSummary]) -> LogSummary:
-    arms: dict[tuple[int, str, str], ArmUse] = {}
-    for part in summaries:
-        for use in part.arms:
-            key = (use.arm, use.params, use.policy)
-            seen = arms.get(key)
-            arms[key] = use if seen is None else replace(seen, rows=seen.rows + use.rows)
     return LogSummary(
         decisions=sum(p.decisions for p in summaries),
         outcomes=sum(p.outcomes for p in summaries),
         defaulted=sum(p.defaulted for p in summaries),
         violations=sum(p.violations for p in summaries),
-        arms=tuple(arms.values()),
     )
 
 
-def _check_arms(config: TaskConfig, summary: LogSummary) -> None:
-    """Refuse a log whose arm indices mean other parameters in today's space."""
-    space = config.space.arms
-    wrong = [
-        use
-        for use in summary.arms
-        if not 0 <= use.arm < len(space)
-        or replace(Params.from_dict(orjson.loads(use.params)), seed=None) != space[use.arm]
-    ]
-    if wrong:
-        count = sum(use.rows for use in wrong)
-        raise EvaluationError(
-            "arms",
-            f"{count} logged decisions name an arm the configured space of {config.name!r} does "
-            f"not have (the space changed since they were logged); for example request ids: "
-            f"{', '.join(sorted(use.request_id for use in wrong)[:5])}",
-        )
+class _ArmCheck:
+    """Whether each logged arm index still means the parameters it was logged with.
+
+    Decisions of one arm differ only in their seed, and the stored JSON puts the
+    seed between the same two parts for every decision of an arm: a row matches
+    when its text starts and ends with today's parts for its arm (two C-level
+    string comparisons).  A row that does not is parsed and compared as
+    :class:`Params` (once per distinct text without its seed), so another
+    serialization of the same parameters still matches.
+    """
+
+    def __init__(self, config: TaskConfig) -> None:
+        self.space = config.space.arms
+        self.parts: dict[int, tuple[str, str]] = {}
+        for arm, params in enumerate(self.space):
+            text = dumps(replace(params, seed=0).to_dict())
+            head, _, tail = text.partition('"seed":0')
+            self.parts[arm] = (head + '"seed":', tail)
+        self.wrong: dict[tuple[int, str], int] = {}
+        self._parsed: dict[tuple[int, str], bool] = {}
+
+    def check(self, arms: Sequence[int], texts: Sequence[str]) -> None:
+        parts = self.parts
+        for arm, text in zip(arms, texts, strict=True):
+            expected = parts.get(arm)
+            if expected is not None and text.startswith(expected[0]) and text.endswith(expected[1]):
+                continue
+            key = (arm, _without_seed(text))
+            matches = self._parsed.get(key)
+            if matches is None:
+                matches = self._parsed[key] = 0 <= arm < len(self.space) and (
+                    replace(Params.from_dict(orjson.loads(text)), seed=None) == self.space[arm]
+                )
+            if not matches:
+                self.wrong[key] = self.wrong.get(key, 0) + 1
+
+
+def _without_seed(text: str) -> str:
+    head, found, tail = text.partition('"seed":')
+    return head + tail.partition(",")[2] if found else text
 
 
 @dataclass(frozen=True)
@@ -228,10 +251,12 @@ class _Chunk:
     rewards: FloatArray
     timestamps: FloatArray
     explored: npt.NDArray[np.bool_]
+    policies: frozenset[str]
 
 
-def _read_chunk(config: TaskConfig, chunk: list[EvaluationRow]) -> _Chunk:
-    timestamps, arms, propensities, contexts, rewards = zip(*chunk, strict=True)
+def _read_chunk(config: TaskConfig, chunk: list[EvaluationRow], check: _ArmCheck) -> _Chunk:
+    timestamps, arms, propensities, contexts, rewards, params, policies = zip(*chunk, strict=True)
+    check.check(arms, params)
     # Parse and featurize each distinct context once: logs repeat contexts.
     codes: dict[str, int] = {}
     code = [codes.setdefault(text, len(codes)) for text in contexts]
@@ -253,6 +278,7 @@ def _read_chunk(config: TaskConfig, chunk: list[EvaluationRow]) -> _Chunk:
         # (a bandit's exploration floor, or a rollout split mixing it in); a baseline or
         # fallback decision has propensity 1.
         explored=propensity < 1.0,
+        policies=frozenset(policies),
     )
 
 

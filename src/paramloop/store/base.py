@@ -10,9 +10,9 @@ already decided.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from paramloop.errors import OutcomeError
 from paramloop.store.records import dumps
@@ -40,47 +40,45 @@ MeasuredRow = tuple[Decision, Outcome]
 MEASURED_FIELDS = ("latency_ms", "prompt_tokens", "completion_tokens", "cost", "error")
 
 #: What offline evaluation reads of each logged decision, in the order of :data:`EvaluationRow`.
-EVALUATION_COLUMNS = ("timestamp", "arm", "log_propensity", "context_features", "reward")
+EVALUATION_COLUMNS = (
+    "timestamp",
+    "arm",
+    "log_propensity",
+    "context_features",
+    "reward",
+    "chosen_params",
+    "policy_version",
+)
 #: One applied decision with an outcome, as a plain tuple of :data:`EVALUATION_COLUMNS`:
-#: the context as its stored JSON text.  All of it lives in ``logged_decisions`` (the
-#: reward is copied there when the outcome arrives), so reading a million rows joins
-#: nothing and builds no object per row; what evaluation needs once per window (counts,
-#: the arms and policies that were served) comes from :meth:`DecisionLog.summarize_log`.
-EvaluationRow = tuple[float, int, float, str, float]
-
-
-@dataclass(frozen=True, slots=True)
-class ArmUse:
-    """One (arm, parameters, policy) combination among a window's applied decisions with an
-    outcome: ``params`` is the parameters' JSON without the per-decision seed."""
-
-    arm: int
-    params: str
-    policy: str
-    rows: int
-    request_id: str  # one of them, to name in an error message
+#: the context and the parameters as their stored JSON text.  All of it lives in
+#: ``logged_decisions`` (the reward is copied there when the outcome arrives), so reading
+#: a million rows joins nothing and builds no object per row; the window's counts come
+#: from :meth:`DecisionLog.summarize_log`.
+EvaluationRow = tuple[float, int, float, str, float, str, str]
 
 
 @dataclass(frozen=True, slots=True)
 class LogSummary:
-    """A window of a task type's log, counted: decisions, outcomes, default rewards, limit
-    breaches (one per limit an outcome exceeds), and the arms that were served."""
+    """A window of a task type's log, counted: decisions, outcomes, default rewards and
+    limit breaches (one per limit an outcome exceeds)."""
 
     decisions: int
     outcomes: int
     defaulted: int
     violations: int
-    arms: tuple[ArmUse, ...] = ()
 
 
 def evaluation_row(decision: Decision, recorded: RecordedOutcome) -> EvaluationRow:
     """The :data:`EvaluationRow` of a decision object and its outcome (as the SQL stores read it)."""
+    data = decision.to_dict()
     return (
         decision.timestamp,
         decision.arm,
         decision.propensity,
-        dumps(decision.to_dict()["context"]),
+        dumps(data["context"]),
         recorded.reward,
+        dumps(data["params"]),
+        decision.policy,
     )
 
 
@@ -92,8 +90,7 @@ def summarize_rows(
 ) -> LogSummary:
     """:meth:`DecisionLog.summarize_log` of decision objects (the in-memory store, an export)."""
     decisions = with_outcome = defaulted = violations = 0
-    arms: dict[tuple[int, str, str], list[Any]] = {}
-    for decision, recorded in rows:
+    for _, recorded in rows:
         decisions += 1
         if recorded is None:
             continue
@@ -106,22 +103,7 @@ def summarize_rows(
             (outcome.cost, max_cost),
         ):
             violations += limit is not None and (value or 0) > limit
-        if decision.applied:
-            key = (decision.arm, params_without_seed(decision.params.to_dict()), decision.policy)
-            use = arms.setdefault(key, [0, decision.request_id])
-            use[0] += 1
-    return LogSummary(
-        decisions,
-        with_outcome,
-        defaulted,
-        violations,
-        tuple(ArmUse(a, p, pv, n, r) for (a, p, pv), (n, r) in arms.items()),
-    )
-
-
-def params_without_seed(params: Mapping[str, object]) -> str:
-    """The JSON key of :attr:`ArmUse.params`: a decision's parameters without its seed."""
-    return dumps({k: v for k, v in params.items() if k != "seed"})
+    return LogSummary(decisions, with_outcome, defaulted, violations)
 
 
 def check_measured(measured: Outcome) -> None:
@@ -210,8 +192,6 @@ class DecisionLog(Protocol):
 
         A limit that is ``None`` counts nothing; a missing value breaks no limit
         (as :meth:`RewardFunction.violations`); tokens are prompt + completion.
-        ``arms`` lists the served combinations among the applied decisions with an
-        outcome (the rows :meth:`iter_evaluation_rows` yields), in no set order.
         """
 
     def import_logged(self, rows: list[LoggedRow]) -> int:

@@ -17,8 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import ColumnElement, Text, cast, create_engine, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import NullPool
@@ -109,9 +108,6 @@ class PostgresDecisionLog(SQLDecisionLog):
     def _begin(self, *, write: bool) -> Iterator[Connection]:
         with self._engine.begin() as conn:
             yield conn
-
-    def _params_without_seed(self, column: ColumnElement[str]) -> ColumnElement[str]:
-        return cast(cast(column, JSONB).op("-")("seed"), Text)
 
     def _serialize_outcomes(self, connection: Connection, task_type: str) -> None:
         # seq comes from a sequence, which hands out numbers at INSERT, not at

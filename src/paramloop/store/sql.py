@@ -49,7 +49,6 @@ from paramloop.errors import (
     UnknownRequestError,
 )
 from paramloop.store.base import (
-    ArmUse,
     EvaluationRow,
     LoggedRow,
     LogSummary,
@@ -121,6 +120,8 @@ _EVALUATION_SELECT = [
     _D.log_propensity,
     _D.context_features,
     _D.reward,
+    _D.chosen_params,
+    _D.policy_version,
     _D.id,
 ]
 
@@ -390,27 +391,15 @@ class SQLDecisionLog(ABC):
             outcome_counts = outcome_counts.select_from(
                 outcomes.join(logged_decisions, _D.request_id == _O.request_id)
             ).where(*window[1:])
-        params = self._params_without_seed(_D.chosen_params)
-        arms = (
-            select(_D.arm, params, _D.policy_version, func.count(), func.min(_D.request_id))
-            .where(*window, _D.applied.is_(True), _D.reward.is_not(None))
-            .group_by(_D.arm, params, _D.policy_version)
-        )
         with self._transaction("summarize_log", write=False) as conn:
             n, with_outcome = conn.execute(decisions).one()
             counted = conn.execute(outcome_counts).one()
-            used = conn.execute(arms).all()
         return LogSummary(
             decisions=int(n),
             outcomes=int(with_outcome),
             defaulted=int(counted[0]),
             violations=sum(int(v) for v in counted[1:]),
-            arms=tuple(ArmUse(int(a), str(p), str(pv), int(c), str(r)) for a, p, pv, c, r in used),
         )
-
-    def _params_without_seed(self, column: ColumnElement[str]) -> ColumnElement[str]:
-        """SQL for the parameters' JSON without ``seed`` (the key of :attr:`ArmUse.params`)."""
-        return func.json_remove(column, "$.seed")
 
     def import_logged(self, rows: list[LoggedRow]) -> int:
         self._check_open("import_logged")

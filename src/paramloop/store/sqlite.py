@@ -291,7 +291,8 @@ _FIND_OUTCOME = (
     "LEFT OUTER JOIN outcomes AS o ON o.request_id = d.request_id WHERE d.request_id = ?"
 )
 _EVALUATION_SQL = (
-    "SELECT d.timestamp, d.arm, d.log_propensity, d.context_features, d.reward, d.id "
+    "SELECT d.timestamp, d.arm, d.log_propensity, d.context_features, d.reward, "
+    "d.chosen_params, d.policy_version, d.id "
     "FROM logged_decisions AS d WHERE {where} ORDER BY d.timestamp, d.id LIMIT ?"
 )
 _MARK_DECIDED = "UPDATE logged_decisions SET outcome = ?, reward = ? WHERE request_id = ?"
