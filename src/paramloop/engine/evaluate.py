@@ -303,6 +303,10 @@ def target_distribution(
     return out
 
 
+#: Training rows per cross-fitting fold of the outcome model: beyond a few hundred thousand
+#: rows a linear model over (arm, context) has long converged, and the fit would dominate.
+OUTCOME_MODEL_ROWS = 250_000
+
 #: Rows scored at a time by :func:`collapse`: bounds its (rows, K) intermediates.
 COLLAPSE_CHUNK = 16_384
 
