@@ -70,6 +70,15 @@ BENCHES: dict[str, tuple[list[str], list[str], str, str]] = {
         "(d) memory per task type",
         "Policy state = the snapshot bytes a policy stores; RSS measured in a fresh process.",
     ),
+    "bench_service": (
+        [],
+        ["--seconds", "2", "--calls", "300"],
+        "(g) the HTTP service",
+        "`POST /v1/recommend` (SQLite store, durable, API-key auth, JSON request logs) against a bare "
+        "FastAPI JSON endpoint in the same run, each under uvicorn (1 worker, h11) in a subprocess, driven "
+        "by an asyncio HTTP/1.1 client on loopback; then the proxy's overhead over a stub OpenAI-compatible "
+        "upstream that answers at once (direct vs through the proxy, one request at a time).",
+    ),
 }
 
 

@@ -16,9 +16,14 @@ that server is unreachable the PostgreSQL cases are skipped, or fail when
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from sqlalchemy import create_engine
@@ -158,3 +163,85 @@ def engine(durable_store_spec: StoreSpec) -> Iterator[Engine]:
             conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
     yield engine
     engine.dispose()
+
+
+# -- HTTP servers in this process ------------------------------------------------------------
+#
+# ``serve_app`` runs an ASGI app under uvicorn on a free loopback port, in a thread of
+# this process; ``local_upstream_url`` is the real local model (SmolLM2-135M on
+# llama.cpp), loaded once per session.  Without llama-cpp-python or the model the
+# tests that need it skip, or fail when ``CI=true``.
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def local_model_path() -> Path:
+    """The SmolLM2 model file, or skip (fail in CI) when it or llama.cpp is missing."""
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError as exc:
+        unavailable(
+            f"llama-cpp-python is not importable ({exc}); `make install` builds it "
+            "(pip install 'paramloop[llm]' with CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF')"
+        )
+    from paramloop.errors import ConfigError
+    from paramloop.server.upstream_local import default_model_path
+
+    try:
+        return default_model_path()
+    except ConfigError as exc:
+        unavailable(str(exc))
+        raise
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextmanager
+def serving(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str]:
+    """``http://127.0.0.1:<port>`` of ``app`` served by uvicorn from a background thread."""
+    import uvicorn
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, log_level="warning", ws="none", http="h11", lifespan=lifespan, access_log=False
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the server did not start")
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=60)
+        sock.close()
+
+
+@pytest.fixture
+def serve_app() -> Callable[..., AbstractContextManager[str]]:
+    """``with serve_app(app) as url:`` runs ``app`` on a free port for the block."""
+    return serving
+
+
+@pytest.fixture(scope="session")
+def local_upstream_url() -> Iterator[str]:
+    """The ``/v1`` URL of the real local model, served from a thread (once per session)."""
+    from paramloop.server.upstream_local import create_upstream_app
+
+    app = create_upstream_app(local_model_path(), n_threads=1, n_ctx=1024, seed=0)
+    with serving(app) as url:
+        yield f"{url}/v1"

@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +21,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import uvicorn
 from openai.types.chat import ChatCompletionMessageParam
 
 from paramloop.errors import ConfigError
-from paramloop.server.upstream_local import create_upstream_app, default_model_path
+from paramloop.server.upstream_local import default_model_path
 
 MAX_TOKENS = 24
 PROMPT: list[ChatCompletionMessageParam] = [
@@ -63,26 +61,9 @@ def _free_socket() -> socket.socket:
 
 
 @pytest.fixture(scope="module")
-def base_url() -> Iterator[str]:
-    """The ``/v1`` URL of a local upstream served from a background thread of this process."""
-    app = create_upstream_app(_model_path(), n_threads=1, n_ctx=1024, seed=0)
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        app, log_level="warning", ws="none", http="h11", lifespan="off", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            pytest.fail("the local upstream did not start")
-        time.sleep(0.01)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    thread.join(timeout=60)
-    sock.close()
+def base_url(local_upstream_url: str) -> str:
+    """The ``/v1`` URL of the local upstream (one per session: see ``conftest.py``)."""
+    return local_upstream_url
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""``paramloop upstream …``: the commands that serve over HTTP (thin shims, lazy imports).
+"""``paramloop serve`` and ``paramloop upstream …``: the commands that serve over HTTP.
+
+Thin shims with lazy imports.
 
 FastAPI, uvicorn and llama.cpp are imported inside the commands, so ``paramloop
 --help`` stays fast and works without the ``server`` and ``llm`` extras.
@@ -9,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -44,6 +46,61 @@ def upstream_local(
         serve_local_upstream(
             host, port, model_path=model_path, n_threads=threads, n_ctx=n_ctx, seed=seed
         )
+
+
+def serve_command(
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file with the task types and the service table (default: $PARAMLOOP_CONFIG)."
+        ),
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: service.host or 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="TCP port (default: service.port or 8080).")
+    ] = None,
+) -> None:
+    """Serve the decision API, the operations endpoints and the OpenAI-compatible proxy."""
+
+    import uvicorn
+
+    from paramloop.server.app import create_app
+    from paramloop.server.jsonlog import configure
+    from paramloop.server.settings import Settings
+
+    overrides: dict[str, Any] = {}
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    with _reported():
+        settings = Settings.load(config, **overrides)
+        configure(settings.log_level)
+        app = create_app(settings, tracer=_tracer())
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws="none",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _tracer() -> object | None:
+    """An OpenTelemetry tracer when OpenTelemetry is installed and configured (OTEL_* set)."""
+    import os
+
+    if not any(key.startswith("OTEL_") for key in os.environ):
+        return None
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return trace.get_tracer("paramloop")
 
 
 @contextmanager

@@ -1,0 +1,292 @@
+"""(f) the HTTP service: decision API throughput and latency, proxy overhead.
+
+    python bench/bench_service.py [--seconds 8] [--rate 500] [--calls 2000] [--json out.json]
+
+Each app runs under uvicorn in a subprocess (1 worker, the same options for all) on a
+loopback port; the load generator is a small asyncio HTTP/1.1 client with keep-alive
+connections (a few µs per request, so it is not what is measured).
+
+1. Throughput: ``POST /v1/recommend`` of the paramloop service (SQLite store, every
+   decision committed before the answer, API-key auth, JSON request logs) against a bare
+   FastAPI JSON endpoint, in the same run: closed loop, 16 connections, ``--seconds`` each.
+2. Latency at a fixed rate: open loop at ``--rate`` requests/s (sends on schedule whatever
+   the answers do; latency counts from the scheduled send, so queueing is included).
+3. Proxy overhead: a stub OpenAI-compatible upstream (answers at once with a fixed reply),
+   called directly and through the proxy, one request at a time (``--calls`` each); the
+   difference of the p50s is the proxy's overhead (decision, outcome, two SQLite commits,
+   forwarding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from _common import markdown_table
+from _service_apps import KEY
+
+HERE = Path(__file__).parent
+RECOMMEND = json.dumps(
+    {
+        "task_type": "bench",
+        "context": {"risk_tier": "high", "prompt_tokens": 1800, "prior_failures": 1},
+    }
+).encode()
+CHAT = {"model": "small", "messages": [{"role": "user", "content": "Say ok."}], "max_tokens": 1}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@contextmanager
+def serve(factory: str, env: dict[str, str]) -> Iterator[int]:
+    """Run ``_service_apps:<factory>`` under uvicorn in a subprocess; yield its port."""
+    port = _free_port()
+    command = [
+        sys.executable, "-m", "uvicorn", f"_service_apps:{factory}", "--factory",
+        "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{factory} did not start") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection that sends a prepared request and reads the answer."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        return cls(reader, writer)
+
+    async def send(self, raw: bytes) -> int:
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+        await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def request(path: str, body: bytes, *, key: str | None = KEY) -> bytes:
+    auth = f"Authorization: Bearer {key}\r\n" if key else ""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"{auth}Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+async def closed_loop(port: int, raw: bytes, seconds: float, connections: int = 16) -> float:
+    """Requests per second with ``connections`` clients each sending back to back."""
+    conns = [await Connection.open(port) for _ in range(connections)]
+    for conn in conns:  # warm up
+        for _ in range(20):
+            assert await conn.send(raw) == 200
+    done = 0
+    stop = time.perf_counter() + seconds
+
+    async def worker(conn: Connection) -> None:
+        nonlocal done
+        while time.perf_counter() < stop:
+            status = await conn.send(raw)
+            if status != 200:
+                raise RuntimeError(f"status {status}")
+            done += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - start
+    for conn in conns:
+        conn.close()
+    return done / elapsed
+
+
+async def open_loop(port: int, raw: bytes, rate: float, seconds: float) -> np.ndarray:
+    """Latencies (ms) at a fixed arrival rate, measured from each request's scheduled time."""
+    pool: asyncio.Queue[Connection] = asyncio.Queue()
+    for _ in range(64):
+        pool.put_nowait(await Connection.open(port))
+    n = int(rate * seconds)
+    latencies = np.empty(n)
+    errors = 0
+
+    async def one(i: int, due: float) -> None:
+        nonlocal errors
+        conn = await pool.get()
+        status = await conn.send(raw)
+        latencies[i] = (time.perf_counter() - due) * 1000
+        errors += status != 200
+        pool.put_nowait(conn)
+
+    tasks = []
+    start = time.perf_counter() + 0.1
+    for i in range(n):
+        due = start + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*tasks)
+    while not pool.empty():
+        pool.get_nowait().close()
+    if errors:
+        raise RuntimeError(f"{errors} requests failed")
+    return latencies
+
+
+async def sequential(port: int, raw: bytes, calls: int) -> np.ndarray:
+    conn = await Connection.open(port)
+    for _ in range(50):
+        assert await conn.send(raw) == 200
+    out = np.empty(calls)
+    for i in range(calls):
+        start = time.perf_counter()
+        status = await conn.send(raw)
+        out[i] = (time.perf_counter() - start) * 1000
+        if status != 200:
+            raise RuntimeError(f"status {status}")
+    conn.close()
+    return out
+
+
+def _pct(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "calls": args.calls}
+    recommend = request("/v1/recommend", RECOMMEND)
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"BENCH_DB": str(Path(tmp) / "bench.db")}
+        with serve("bare_app", env) as port:
+            results["bare_rps"] = asyncio.run(closed_loop(port, recommend, args.seconds))
+            bare_latency = asyncio.run(open_loop(port, recommend, args.rate, args.seconds))
+        with serve("paramloop_app", env) as port:
+            results["recommend_rps"] = asyncio.run(closed_loop(port, recommend, args.seconds))
+            latency = asyncio.run(open_loop(port, recommend, args.rate, args.seconds))
+        results["ratio"] = results["recommend_rps"] / results["bare_rps"]
+        for name, values in (("bare", bare_latency), ("recommend", latency)):
+            results[f"{name}_p50_ms"] = _pct(values, 50)
+            results[f"{name}_p99_ms"] = _pct(values, 99)
+        print(
+            f"throughput: recommend {results['recommend_rps']:.0f}/s, bare {results['bare_rps']:.0f}/s, "
+            f"ratio {results['ratio']:.2f}; at {args.rate:.0f}/s recommend p50 "
+            f"{results['recommend_p50_ms']:.2f} ms p99 {results['recommend_p99_ms']:.2f} ms",
+            flush=True,
+        )
+
+        with serve("stub_upstream", {}) as upstream:
+            env2 = {
+                "BENCH_DB": str(Path(tmp) / "proxy.db"),
+                "BENCH_UPSTREAM": f"http://127.0.0.1:{upstream}/v1",
+            }
+            direct = asyncio.run(
+                sequential(
+                    upstream,
+                    request("/v1/chat/completions", json.dumps(CHAT).encode(), key=None),
+                    args.calls,
+                )
+            )
+            proxied_body = json.dumps(
+                {**CHAT, "metadata": {"paramloop_task_type": "bench"}}
+            ).encode()
+            with serve("paramloop_app", env2) as proxy:
+                via = asyncio.run(
+                    sequential(proxy, request("/v1/chat/completions", proxied_body), args.calls)
+                )
+    results["direct_p50_ms"], results["direct_p99_ms"] = _pct(direct, 50), _pct(direct, 99)
+    results["proxy_p50_ms"], results["proxy_p99_ms"] = _pct(via, 50), _pct(via, 99)
+    results["overhead_p50_ms"] = results["proxy_p50_ms"] - results["direct_p50_ms"]
+    print(f"proxy overhead p50 {results['overhead_p50_ms']:.2f} ms", flush=True)
+    print()
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+def table(r: dict[str, Any]) -> str:
+    throughput = markdown_table(
+        [
+            "endpoint",
+            "requests/s (closed loop, 16 connections)",
+            f"p50 ms at {r['rate']:.0f}/s",
+            f"p99 ms at {r['rate']:.0f}/s",
+        ],
+        [
+            [
+                "bare FastAPI JSON endpoint",
+                f"{r['bare_rps']:.0f}",
+                f"{r['bare_p50_ms']:.2f}",
+                f"{r['bare_p99_ms']:.2f}",
+            ],
+            [
+                "`POST /v1/recommend` (SQLite, durable)",
+                f"{r['recommend_rps']:.0f}",
+                f"{r['recommend_p50_ms']:.2f}",
+                f"{r['recommend_p99_ms']:.2f}",
+            ],
+            ["ratio recommend / bare", f"{r['ratio']:.2f}", "", ""],
+        ],
+    )
+    overhead = markdown_table(
+        ["call (stub upstream, one at a time)", "p50 ms", "p99 ms"],
+        [
+            ["direct to the upstream", f"{r['direct_p50_ms']:.2f}", f"{r['direct_p99_ms']:.2f}"],
+            ["through the paramloop proxy", f"{r['proxy_p50_ms']:.2f}", f"{r['proxy_p99_ms']:.2f}"],
+            ["proxy overhead (difference of p50s)", f"{r['overhead_p50_ms']:.2f}", ""],
+        ],
+    )
+    return f"{throughput}\n\n{overhead}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,470 @@
+"""The HTTP service: decision API, operations endpoints, OpenAI-compatible proxy.
+
+``create_app(settings)`` builds one FastAPI app (there is no module-level app).
+Routes parse, call the engine (:class:`~paramloop.engine.service.Service`),
+render; authentication is one dependency per role (:mod:`paramloop.server.auth`),
+errors are JSON bodies in OpenAI's shape, and one pure ASGI middleware limits
+body sizes, times requests for Prometheus, opens a span when a tracer is
+given, and logs one JSON line per request.  See ``docs/service.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from paramloop.engine.optimizer import Optimizer
+from paramloop.engine.service import (
+    Service,
+)
+from paramloop.errors import (
+    ConflictingOutcomeError,
+    DuplicateRequestError,
+    LateOutcomeError,
+    ParamloopError,
+    StoreError,
+    UnknownRequestError,
+    UnknownTaskTypeError,
+)
+from paramloop.server.auth import AuthError, Principal, Routes, document_security
+from paramloop.server.metrics import Metrics
+from paramloop.server.models import (
+    DecisionBody,
+    ErrorBody,
+    FeedbackRequest,
+    OutcomeBatch,
+    OutcomeItem,
+    RecommendRequest,
+    RecordedBatch,
+    RecordedBody,
+    decision_json,
+)
+from paramloop.server.settings import Settings
+
+log = logging.getLogger("paramloop.server")
+T = TypeVar("T")
+
+#: The published error responses, for the OpenAPI document.
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        400: "Malformed request (not JSON, wrong shape)",
+        401: "Missing or unknown API key",
+        403: "The key's role is too low",
+        404: "Unknown task type or request id",
+        409: "Conflicts with what is recorded",
+        413: "Body too large",
+        422: "Invalid field",
+    }.items()
+}
+
+
+@dataclass
+class AppState:
+    """What the routes share: settings, the engine, metrics, the upstream client."""
+
+    settings: Settings
+    service: Service
+    metrics: Metrics
+    http: httpx.AsyncClient
+    tracer: Any = None
+    inline: bool = True
+    started: float = field(default_factory=time.time)
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call the engine: in line for the embedded stores (sub-millisecond), else in a thread."""
+        if self.inline:
+            return fn(*args, **kwargs)
+        return await run_in_threadpool(fn, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def span(self, name: str, **attributes: Any) -> Iterator[Any]:
+        if self.tracer is None:
+            yield None
+            return
+        with self.tracer.start_as_current_span(name, attributes=attributes) as span:
+            yield span
+
+
+def create_app(
+    settings: Settings,
+    *,
+    optimizer: Optimizer | None = None,
+    tracer: Any = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.time,
+) -> FastAPI:
+    """The service for ``settings``; the store is opened (and migrated) now.
+
+    ``optimizer`` replaces the one built from ``settings`` (tests, embedding);
+    ``tracer`` is an OpenTelemetry tracer (spans are made only with one);
+    ``transport`` replaces the proxy's network transport (tests).
+    """
+    if optimizer is None:
+        from paramloop.store import open_store
+
+        optimizer = Optimizer(
+            list(settings.tasks.values()), open_store(settings.database_url), clock=clock
+        )
+    service = Service(
+        optimizer,
+        proxy=settings.proxy,
+        prices=settings.prices,
+        enabled=settings.optimizing,
+        traffic_percentage=settings.traffic_percentage,
+        clock=clock,
+    )
+    metrics = Metrics()
+    metrics.phase.labels(settings.mode).set(1)
+    for resource, limit in settings.budget.items():
+        metrics.budget_limit.labels(resource).set(limit)
+    for slo, target in settings.slo.items():
+        metrics.slo_target.labels(slo).set(target)
+    backend = type(optimizer.store).__name__
+    state = AppState(
+        settings=settings,
+        service=service,
+        metrics=metrics,
+        http=httpx.AsyncClient(transport=transport, timeout=60.0, trust_env=False),
+        tracer=tracer,
+        inline=backend in ("SQLiteDecisionLog", "MemoryDecisionLog"),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        auth = (
+            "disabled (loopback only)"
+            if settings.auth_disabled
+            else f"{len(settings.api_keys)} API keys"
+        )
+        if settings.auth_disabled:
+            log.warning(
+                "authentication is DISABLED: every caller is admin", extra={"host": settings.host}
+            )
+        log.info(
+            "paramloop service started",
+            extra={
+                "task_types": list(settings.tasks),
+                "store": backend,
+                "auth": auth,
+                "mode": settings.mode,
+                "enabled": settings.enabled,
+                "traffic_percentage": settings.traffic_percentage,
+                "upstreams": {m: u.base_url for m, u in settings.upstreams.items()},
+            },
+        )
+        expiring = asyncio.create_task(_expire_forever(state))
+        try:
+            yield
+        finally:
+            expiring.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expiring
+            await state.http.aclose()
+            await run_in_threadpool(service.close)  # snapshots the policies, closes the store
+            log.info("paramloop service stopped")
+
+    from paramloop import __version__
+
+    app = FastAPI(
+        title="paramloop",
+        version=__version__,
+        description="Tune LLM call parameters with contextual bandits: decision API, "
+        "operations endpoints and an OpenAI-compatible proxy.",
+        lifespan=lifespan,
+        responses=_ERRORS,
+    )
+    app.state.settings = settings
+    app.state.ctx = state
+    _install_error_handlers(app, state)
+    from paramloop.server import ops, proxy
+
+    roles: dict[tuple[str, str], Any] = {}
+    public, read, write, admin = (
+        Routes(app, None, roles),
+        Routes(app, "read", roles),
+        Routes(app, "write", roles),
+        Routes(app, "admin", roles),
+    )
+    _decision_routes(write, state)
+    proxy.register(read, write, state)
+    ops.register(public, read, admin, state)
+    document_security(app, roles)
+    app.add_middleware(Edge, state=state)
+    return app
+
+
+def _decision_routes(write: Routes, state: AppState) -> None:
+    service, metrics = state.service, state.metrics
+
+    @write.post("/v1/recommend", tags=["decisions"], response_model=DecisionBody)
+    async def recommend(body: RecommendRequest, request: Request) -> Response:
+        """Choose the parameters of one call; log the decision with its exact propensity."""
+        if not service.enabled:
+            decision = await state.run(
+                service.baseline, body.task_type, body.context, request_id=body.request_id
+            )
+            return Response(
+                orjson.dumps(decision_json(decision, logged=False)), media_type="application/json"
+            )
+        with state.span("paramloop.recommend", task_type=body.task_type):
+            decision = await state.run(
+                service.recommend,
+                body.task_type,
+                body.context,
+                request_id=body.request_id,
+                seed=body.seed,
+            )
+        request.state.request_id = decision.request_id
+        metrics.decisions.labels(decision.task_type, decision.origin).inc()
+        if decision.error is not None:
+            metrics.errors.labels("recommend").inc()
+        # Rendered directly (the shape is DecisionBody's): this is the hottest route.
+        return Response(orjson.dumps(decision_json(decision)), media_type="application/json")
+
+    @write.post("/v1/outcomes", tags=["decisions"])
+    async def outcomes(
+        body: OutcomeItem | OutcomeBatch, request: Request
+    ) -> RecordedBody | RecordedBatch:
+        """Record one outcome, or a batch all or none; idempotent by request id."""
+        items = body.outcomes if isinstance(body, OutcomeBatch) else [body]
+        pairs = [(item.request_id, item.outcome.to_outcome()) for item in items]
+        recorded = await state.run(service.record_outcomes, pairs)
+        for stored in recorded:
+            observe_outcome(metrics, stored.task_type, stored.source, stored.reward)
+        rendered = [RecordedBody.of(stored) for stored in recorded]
+        if isinstance(body, OutcomeBatch):
+            return RecordedBatch(recorded=rendered)
+        request.state.request_id = body.request_id
+        return rendered[0]
+
+    @write.post("/v1/feedback", tags=["proxy"])
+    async def feedback(body: FeedbackRequest, request: Request) -> RecordedBody:
+        """Attach a quality score or user feedback to a proxied request (by its request id)."""
+        request.state.request_id = body.request_id
+        recorded = await state.run(
+            service.feedback, body.request_id, quality=body.quality, feedback=body.feedback
+        )
+        observe_outcome(metrics, recorded.task_type, recorded.source, recorded.reward)
+        return RecordedBody.of(recorded)
+
+
+def observe_outcome(metrics: Metrics, task_type: str, source: str, reward: float) -> None:
+    metrics.outcomes.labels(task_type, source).inc()
+    metrics.rewards.labels(task_type).observe(reward)
+
+
+async def _expire_forever(state: AppState) -> None:
+    """Record the outcomes whose wait window closed, every ``expire_interval_s``."""
+    while True:
+        await asyncio.sleep(state.settings.expire_interval_s)
+        try:
+            count = await run_in_threadpool(state.service.expire)
+        except Exception as exc:
+            state.metrics.errors.labels("expire").inc()
+            log.error("expiring outcomes failed: %s", exc, extra={"error": type(exc).__name__})
+            continue
+        if count:
+            state.metrics.outcomes.labels("*", "expired").inc(count)
+            log.info("recorded outcomes whose wait window closed", extra={"outcomes": count})
+
+
+# -- errors ------------------------------------------------------------------------------
+
+
+def error_response(
+    status: int,
+    message: str,
+    kind: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _status_of(exc: ParamloopError) -> tuple[int, str]:
+    if isinstance(exc, UnknownTaskTypeError | UnknownRequestError):
+        return 404, "not_found_error"
+    if isinstance(exc, DuplicateRequestError | ConflictingOutcomeError | LateOutcomeError):
+        return 409, "conflict_error"
+    if isinstance(exc, StoreError):
+        return 503, "server_error"
+    if isinstance(exc, ValueError | LookupError):
+        return 422, "invalid_request_error"
+    return 500, "server_error"
+
+
+def _install_error_handlers(app: FastAPI, state: AppState) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems, params = [], []
+        status = 422
+        for error in exc.errors():
+            if error.get("type") == "json_invalid":
+                status = 400
+                problems.append(
+                    f"the body is not valid JSON ({error.get('ctx', {}).get('error', '')})"
+                )
+                continue
+            where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
+            params.append(where)
+            problems.append(f"{where}: {error.get('msg', 'invalid')}")
+        return error_response(
+            status, "; ".join(problems), "invalid_request_error", params[0] if params else None
+        )
+
+    @app.exception_handler(AuthError)
+    async def refused(_: Request, exc: AuthError) -> JSONResponse:
+        if exc.status == 401:
+            return error_response(
+                401, str(exc), "authentication_error", headers={"WWW-Authenticate": "Bearer"}
+            )
+        return error_response(403, str(exc), "permission_error")
+
+    @app.exception_handler(ParamloopError)
+    async def domain(_: Request, exc: ParamloopError) -> JSONResponse:
+        status, kind = _status_of(exc)
+        message = str(exc)
+        notes = getattr(exc, "__notes__", None)
+        param = notes[0] if notes else getattr(exc, "field", None) or getattr(exc, "feature", None)
+        if status >= 500:
+            state.metrics.errors.labels(type(exc).__name__).inc()
+            log.error("request failed: %s", message, extra={"error": type(exc).__name__})
+        return error_response(status, message, kind, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        if exc.status_code == 404:
+            kind = "not_found_error"
+        return error_response(
+            exc.status_code, str(exc.detail), kind, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def crashed(_: Request, exc: Exception) -> JSONResponse:
+        state.metrics.errors.labels("internal").inc()
+        log.error("internal error", exc_info=exc, extra={"error": type(exc).__name__})
+        return error_response(
+            500, f"internal error ({type(exc).__name__}); see the service log", "server_error"
+        )
+
+
+# -- the edge middleware --------------------------------------------------------------------
+
+
+class Edge:
+    """Pure ASGI middleware: body limit (413), timing, a span, one JSON log line per request."""
+
+    def __init__(self, app: ASGIApp, state: AppState) -> None:
+        self.app = app
+        self.state = state
+        self.limit = state.settings.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        method: str = scope["method"]
+        status = 500
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await _too_large(send, self.limit)
+                    self._done(scope, method, 413, start)
+                    return
+                break
+
+        received = 0
+        refused = False  # a 413 went out: whatever the app answers after it is dropped
+
+        async def limited() -> Message:
+            nonlocal received, refused, status
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit and not refused:
+                    refused, status = True, 413
+                    await _too_large(send, self.limit)
+                if refused:
+                    raise _BodyTooLargeError  # the app stops reading (it may wrap this error)
+            return message
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if refused:
+                return
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        if self.state.tracer is None:
+            with contextlib.suppress(_BodyTooLargeError):
+                await self.app(scope, limited, sending)
+        else:
+            with (
+                self.state.span(f"{method} {scope['path']}", **{"http.method": method}),
+                contextlib.suppress(_BodyTooLargeError),
+            ):
+                await self.app(scope, limited, sending)
+        self._done(scope, method, status, start)
+
+    def _done(self, scope: Scope, method: str, status: int, start: float) -> None:
+        elapsed = time.perf_counter() - start
+        route = scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        self.state.metrics.http.labels(method, path, str(status)).observe(elapsed)
+        app_state = scope.get("state") or {}
+        principal: Principal | None = app_state.get("principal")
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": path,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "request_id": app_state.get("request_id"),
+                    "caller": None if principal is None else principal.name,
+                },
+            )
+
+
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = (
+        b'{"error":{"message":"the body is larger than '
+        + str(limit).encode()
+        + b' bytes","type":"request_too_large","param":null,"code":null}}'
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,171 @@
+"""Request and response bodies of the service (pydantic), as the OpenAPI document shows them.
+
+Unknown fields are refused (a typo must not be silently ignored); engine
+objects become bodies through the ``of`` constructors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from paramloop.types import Decision, Outcome, RecordedOutcome
+
+#: A context value as JSON carries it.
+ContextValue = StrictBool | StrictInt | float | str | list[str] | None
+RequestId = Field(min_length=1, max_length=200)
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class RecommendRequest(_Body):
+    """``POST /v1/recommend``: the task type, what is known of the request, optionally its id and seed."""
+
+    task_type: str = Field(min_length=1, max_length=200)
+    context: dict[str, ContextValue] = Field(default_factory=dict, max_length=200)
+    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    seed: int | None = Field(default=None, ge=0, lt=2**63)
+
+
+class DecisionBody(BaseModel):
+    """A decision: the parameters, the exact propensity, and the request id for the outcome."""
+
+    request_id: str
+    task_type: str
+    params: dict[str, Any]
+    request: dict[str, Any] = Field(
+        description="The parameters as keyword arguments of an OpenAI chat completion call."
+    )
+    arm: int
+    propensity: float
+    confidence: float
+    policy: str
+    policy_revision: int
+    origin: str
+    phase: str
+    applied: bool
+    logged: bool
+    context_fingerprint: str = Field(description="Unsigned 64-bit, as a decimal string.")
+    timestamp: float
+    error: str | None = None
+
+    @classmethod
+    def of(cls, decision: Decision, *, logged: bool = True) -> DecisionBody:
+        return cls(**decision_json(decision, logged=logged))
+
+
+def decision_json(decision: Decision, *, logged: bool = True) -> dict[str, Any]:
+    """The :class:`DecisionBody` of a decision, as plain JSON data."""
+    return {
+        "request_id": decision.request_id,
+        "task_type": decision.task_type,
+        "params": decision.params.to_dict(),
+        "request": decision.params.to_request(),
+        "arm": decision.arm,
+        "propensity": decision.propensity,
+        "confidence": decision.confidence,
+        "policy": decision.policy,
+        "policy_revision": decision.policy_revision,
+        "origin": decision.origin,
+        "phase": decision.phase,
+        "applied": decision.applied,
+        "logged": logged,
+        "context_fingerprint": str(decision.context_fingerprint),
+        "timestamp": decision.timestamp,
+        "error": decision.error,
+    }
+
+
+class OutcomeFields(_Body):
+    """What happened after a call; every field is optional."""
+
+    quality: float | None = Field(default=None, ge=0, le=1)
+    latency_ms: float | None = Field(default=None, ge=0)
+    prompt_tokens: StrictInt | None = Field(default=None, ge=0, lt=2**63)
+    completion_tokens: StrictInt | None = Field(default=None, ge=0, lt=2**63)
+    cost: float | None = Field(default=None, ge=0)
+    error: StrictBool = False
+    feedback: float | None = Field(default=None, ge=0, le=1)
+    reward: float | None = None
+
+    def to_outcome(self) -> Outcome:
+        return Outcome(**self.model_dump())
+
+
+class OutcomeItem(_Body):
+    request_id: str = RequestId
+    outcome: OutcomeFields
+
+
+class OutcomeBatch(_Body):
+    """Many outcomes, recorded all or none."""
+
+    outcomes: list[OutcomeItem] = Field(min_length=1, max_length=1000)
+
+
+class RecordedBody(BaseModel):
+    request_id: str
+    task_type: str
+    reward: float
+    reward_version: str
+    source: str
+    outcome: dict[str, Any]
+
+    @classmethod
+    def of(cls, recorded: RecordedOutcome) -> RecordedBody:
+        return cls(
+            request_id=recorded.request_id,
+            task_type=recorded.task_type,
+            reward=recorded.reward,
+            reward_version=recorded.reward_version,
+            source=recorded.source,
+            outcome=recorded.outcome.to_dict(),
+        )
+
+
+class RecordedBatch(BaseModel):
+    recorded: list[RecordedBody]
+
+
+class FeedbackRequest(_Body):
+    """``POST /v1/feedback``: a quality score and/or user feedback for a proxied request."""
+
+    request_id: str = RequestId
+    quality: float | None = Field(default=None, ge=0, le=1)
+    feedback: float | None = Field(default=None, ge=0, le=1)
+
+
+class ApprovalRequest(_Body):
+    """``POST /api/optimization/approvals``: approve a passed gate report."""
+
+    report_id: int = Field(ge=1, lt=2**63)
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error: what was wrong, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+ErrorKind = Literal[
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "conflict_error",
+    "request_too_large",
+    "not_implemented",
+    "upstream_error",
+    "server_error",
+]

@@ -1,0 +1,349 @@
+"""The OpenAI-compatible proxy: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+The caller names the task type and context in the request's ``metadata``
+(``paramloop_task_type``, and ``paramloop_context`` as a JSON object or a JSON
+string) or in the ``X-Paramloop-Task-Type`` / ``X-Paramloop-Context`` headers.
+The engine (:meth:`Service.plan`) decides the body sent upstream; this module
+only moves bytes, times the call and reads the usage.  When paramloop itself
+fails, the caller's request goes upstream as it was sent (fail-open, counted);
+upstream errors and timeouts come back with the upstream's status (502/504
+when there is none) and count as error outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import orjson
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from paramloop.engine.service import ProxyPlan, prompt_hash
+from paramloop.errors import InputError, ParamloopError
+from paramloop.server.settings import ANY_MODEL
+
+if TYPE_CHECKING:
+    from paramloop.server.app import AppState
+    from paramloop.server.auth import Routes
+
+log = logging.getLogger("paramloop.server")
+
+TASK_HEADER = "x-paramloop-task-type"
+CONTEXT_HEADER = "x-paramloop-context"
+REQUEST_ID_HEADER = "x-paramloop-request-id"
+META_TASK = "paramloop_task_type"
+META_CONTEXT = "paramloop_context"
+
+
+class ChatCompletionBody(BaseModel):
+    """An OpenAI chat completion request; fields beyond these go upstream untouched."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[dict[str, Any]] = Field(min_length=1)
+    stream: StrictBool | None = None
+    stream_options: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None,
+        description=f"`{META_TASK}` names the task type; `{META_CONTEXT}` holds the context "
+        "(a JSON object, or a string of one). Both are removed before the request goes upstream.",
+    )
+
+
+def register(read: Routes, write: Routes, state: AppState) -> None:
+    settings, service, metrics = state.settings, state.service, state.metrics
+
+    @read.get("/v1/models", tags=["proxy"])
+    async def models() -> dict[str, Any]:
+        """The models the configured task types may serve, in OpenAI's list shape."""
+        names = sorted(
+            {
+                arm.model
+                for n in service.optimizer.task_types
+                for arm in service.optimizer.config(n).space.arms
+            }
+            | (set(settings.upstreams) - {ANY_MODEL})
+        )
+        return {
+            "object": "list",
+            "data": [
+                {"id": m, "object": "model", "created": 0, "owned_by": "paramloop"} for m in names
+            ],
+        }
+
+    @write.post("/v1/chat/completions", tags=["proxy"], response_model=None)
+    async def chat_completions(body: ChatCompletionBody, request: Request) -> Response:
+        """Optimize the call's parameters, forward it upstream, measure it, log it.
+
+        The answer is the upstream's, with ``X-Paramloop-Request-Id`` (for ``/v1/feedback``)
+        and ``X-Paramloop-Mode`` (optimized, pinned, disabled, outside_traffic, fail_open).
+        """
+        sent = body.model_dump(exclude_unset=True)
+        task_type, context = _task_and_context(sent, request.headers, settings.default_task_type)
+        request_id = request.headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
+        request.state.request_id = request_id
+        try:
+            with state.span("paramloop.plan", task_type=task_type):
+                plan = await state.run(
+                    service.plan, task_type, context, sent, request_id=request_id
+                )
+        except ParamloopError as exc:
+            if isinstance(exc, ValueError | LookupError):
+                raise  # the caller's input: a 4xx naming it
+            plan = _fail_open(state, task_type, request_id, sent, exc)
+        except Exception as exc:
+            plan = _fail_open(state, task_type, request_id, sent, exc)
+        metrics.proxied.labels(task_type, plan.mode).inc()
+        if plan.decision is not None:
+            metrics.decisions.labels(task_type, plan.decision.origin).inc()
+        log.info(
+            "proxied",
+            extra={
+                "request_id": request_id,
+                "task_type": task_type,
+                "mode": plan.mode,
+                "model": plan.model,
+                "pinned": list(plan.pinned),
+                "prompt_sha256": prompt_hash(sent.get("messages")),
+                "params": None if plan.decision is None else plan.decision.params.to_request(),
+            },
+        )
+        return await _forward(
+            state, plan, streaming=bool(sent.get("stream")), caller_usage=_wants_usage(sent)
+        )
+
+
+def _task_and_context(
+    body: dict[str, Any], headers: Mapping[str, str], default_task_type: str | None
+) -> tuple[str, dict[str, Any]]:
+    """Take paramloop's fields out of ``body`` (in place) and return the task type and context."""
+    metadata = body.get("metadata")
+    task_type = headers.get(TASK_HEADER)
+    raw_context: Any = headers.get(CONTEXT_HEADER)
+    where = "X-Paramloop-Context"
+    if isinstance(metadata, dict):
+        meta_task = metadata.pop(META_TASK, None)
+        if meta_task is not None:
+            task_type = meta_task
+        if META_CONTEXT in metadata:
+            raw_context, where = metadata.pop(META_CONTEXT), f"metadata.{META_CONTEXT}"
+        if not metadata:
+            del body["metadata"]
+    task_type = task_type if task_type is not None else default_task_type
+    if not isinstance(task_type, str) or not task_type:
+        raise InputError(
+            f"metadata.{META_TASK}",
+            "name the task type in the request's metadata or the X-Paramloop-Task-Type header",
+        )
+    if raw_context is None:
+        return task_type, {}
+    if isinstance(raw_context, str):
+        try:
+            raw_context = orjson.loads(raw_context)
+        except orjson.JSONDecodeError as exc:
+            raise InputError(where, f"is not valid JSON: {exc}") from None
+    if not isinstance(raw_context, dict):
+        raise InputError(where, "must be a JSON object of context features")
+    return task_type, raw_context
+
+
+def _wants_usage(body: Mapping[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+def _fail_open(
+    state: AppState, task_type: str, request_id: str, body: dict[str, Any], exc: Exception
+) -> ProxyPlan:
+    state.metrics.errors.labels("proxy_fail_open").inc()
+    log.error(
+        "paramloop failed; forwarding the request as sent",
+        extra={
+            "request_id": request_id,
+            "task_type": task_type,
+            "error": f"{type(exc).__name__}: {exc}",
+        },
+    )
+    return ProxyPlan(request_id, task_type, body, "fail_open")
+
+
+def _error(status: int, message: str, kind: str, headers: dict[str, str]) -> Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+async def _forward(
+    state: AppState, plan: ProxyPlan, *, streaming: bool, caller_usage: bool
+) -> Response:
+    headers = {"X-Paramloop-Request-Id": plan.request_id, "X-Paramloop-Mode": plan.mode}
+    upstream = state.settings.upstream_for(plan.model)
+    if upstream is None:
+        await _finish(state, plan, 0.0, None, error=True)
+        return _error(
+            502, f"no upstream is configured for model {plan.model!r}", "upstream_error", headers
+        )
+    body = dict(plan.body)
+    if streaming and not caller_usage:
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    outgoing = {"content-type": "application/json", "accept": "application/json"}
+    if upstream.api_key:
+        outgoing["authorization"] = f"Bearer {upstream.api_key}"
+    request = state.http.build_request(
+        "POST",
+        f"{upstream.base_url}/chat/completions",
+        content=_dumps(body),
+        headers=outgoing,
+        timeout=upstream.timeout_s,
+    )
+    start = time.perf_counter()
+    try:
+        response = await state.http.send(request, stream=streaming)
+    except httpx.TimeoutException as exc:
+        return await _unreachable(
+            state, plan, start, 504, f"the upstream timed out ({type(exc).__name__})", headers
+        )
+    except httpx.HTTPError as exc:
+        return await _unreachable(
+            state,
+            plan,
+            start,
+            502,
+            f"the upstream is unreachable ({type(exc).__name__}: {exc})",
+            headers,
+        )
+    media = response.headers.get("content-type", "application/json")
+    if not streaming or response.status_code >= 400:
+        content = await response.aread() if streaming else response.content
+        await response.aclose()
+        elapsed = time.perf_counter() - start
+        error = response.status_code >= 400
+        usage = None if error else _usage_of(content)
+        state.metrics.upstream.labels(plan.model, str(response.status_code)).observe(elapsed)
+        await _finish(state, plan, elapsed * 1000, usage, error=error)
+        return Response(
+            content, status_code=response.status_code, media_type=media, headers=headers
+        )
+    return StreamingResponse(
+        _relay(state, plan, response, start, caller_usage),
+        status_code=response.status_code,
+        media_type="text/event-stream",
+        headers={**headers, "Cache-Control": "no-cache"},
+    )
+
+
+async def _unreachable(
+    state: AppState,
+    plan: ProxyPlan,
+    start: float,
+    status: int,
+    message: str,
+    headers: dict[str, str],
+) -> Response:
+    elapsed = time.perf_counter() - start
+    state.metrics.upstream.labels(
+        plan.model, "unreachable" if status == 502 else "timeout"
+    ).observe(elapsed)
+    state.metrics.errors.labels("upstream").inc()
+    await _finish(state, plan, elapsed * 1000, None, error=True)
+    return _error(status, message, "upstream_error", headers)
+
+
+async def _relay(
+    state: AppState, plan: ProxyPlan, response: httpx.Response, start: float, caller_usage: bool
+) -> AsyncIterator[bytes]:
+    """The upstream's server-sent events, passed through; the usage chunk is read on the way."""
+    usage: dict[str, Any] | None = None
+    skip_blank = False
+    completed = error = False
+    try:
+        async for line in response.aiter_lines():
+            if skip_blank and not line:
+                skip_blank = False
+                continue
+            if line.startswith("data: {") and '"usage"' in line:
+                chunk = _json(line[6:])
+                if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
+                    usage = chunk["usage"]
+                    if not caller_usage and not chunk.get("choices"):
+                        skip_blank = True  # the caller did not ask for it: drop the event
+                        continue
+            yield (line + "\n").encode()
+        completed = True
+    except httpx.HTTPError as exc:
+        error = completed = True
+        state.metrics.errors.labels("upstream").inc()
+        message = {
+            "error": {
+                "message": f"the upstream stream broke ({type(exc).__name__})",
+                "type": "upstream_error",
+            }
+        }
+        yield b"data: " + orjson.dumps(message) + b"\n\n"
+    finally:
+        await response.aclose()
+        if completed:  # a caller that left mid-stream leaves the decision to the wait window
+            elapsed = time.perf_counter() - start
+            state.metrics.upstream.labels(plan.model, "error" if error else "200").observe(elapsed)
+            await _finish(state, plan, elapsed * 1000, usage, error=error)
+
+
+async def _finish(
+    state: AppState,
+    plan: ProxyPlan,
+    latency_ms: float,
+    usage: Mapping[str, Any] | None,
+    *,
+    error: bool,
+) -> None:
+    service, metrics = state.service, state.metrics
+    measured = service.measure(plan.model, latency_ms=latency_ms, usage=usage, error=error)
+    if measured.prompt_tokens is not None:
+        metrics.tokens.labels(plan.task_type, "prompt").inc(measured.prompt_tokens)
+    if measured.completion_tokens is not None:
+        metrics.tokens.labels(plan.task_type, "completion").inc(measured.completion_tokens)
+    if measured.cost is not None:
+        metrics.cost.labels(plan.task_type).inc(measured.cost)
+    if plan.decision is None:
+        return
+    try:
+        recorded = await state.run(service.finish, plan, measured)
+    except Exception as exc:  # the caller has the answer already; the failure is counted
+        metrics.errors.labels("record").inc()
+        log.error(
+            "recording the outcome failed",
+            extra={"request_id": plan.request_id, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        return
+    if recorded is not None:
+        metrics.outcomes.labels(recorded.task_type, recorded.source).inc()
+        metrics.rewards.labels(recorded.task_type).observe(recorded.reward)
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # an integer beyond 64 bits: JSON allows it, orjson does not
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+def _usage_of(content: bytes) -> dict[str, Any] | None:
+    data = _json(content)
+    usage = data.get("usage") if isinstance(data, dict) else None
+    return usage if isinstance(usage, dict) else None
+
+
+def _json(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None

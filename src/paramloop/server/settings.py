@@ -1,0 +1,482 @@
+"""The service's settings: one frozen, validated object, from a TOML file and the environment.
+
+:meth:`Settings.load` reads the TOML file (``--config`` or ``PARAMLOOP_CONFIG``):
+its ``[tasks.*]``, ``[models.*]`` and ``[defaults]`` tables are the task
+configuration (:func:`paramloop.engine.parse_config`), its ``[service]`` table
+the service's own settings.  Environment variables override the file.  Every
+problem is a :class:`~paramloop.errors.ConfigError` naming the TOML key or the
+environment variable, raised at start-up, never at the first request.
+
+API keys are configured as SHA-256 hex digests (``printf '%s' "$KEY" | sha256sum``),
+never in clear; upstream API keys are read from the environment variable each
+upstream names, and never printed (``repr`` hides them).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from paramloop.core.policies import POLICIES
+from paramloop.engine.config import TaskConfig, parse_config
+from paramloop.engine.service import (
+    FEEDBACK_MODES,
+    PINNED_MODES,
+    Price,
+    PriceTable,
+    ProxyOptions,
+)
+from paramloop.errors import ConfigError
+
+Role = Literal["read", "write", "admin"]
+#: Roles from least to most privileged; each includes those before it.
+ROLES: tuple[Role, ...] = ("read", "write", "admin")
+#: The values of ``LLM_OPTIMIZATION_MODE``: the rollout phases.
+MODES = ("shadow", "canary", "guarded", "general")
+#: The key of the upstream that serves every model without one of its own.
+ANY_MODEL = "*"
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A caller's key: its name (who, in logs and audit records), role and SHA-256 digest."""
+
+    name: str
+    role: Role
+    sha256: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where the proxy sends a model's requests: an OpenAI-compatible ``/v1`` base URL."""
+
+    base_url: str
+    api_key_env: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the service needs, validated (see the module documentation)."""
+
+    tasks: Mapping[str, TaskConfig]
+    database_url: str = "sqlite:///paramloop.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_keys: tuple[ApiKey, ...] = ()
+    auth_disabled: bool = False
+    enabled: bool = True
+    mode: str = "general"
+    traffic_percentage: float = 100.0
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    proxy: Mapping[str, ProxyOptions] = field(default_factory=dict)
+    default_task_type: str | None = None
+    prices: PriceTable = field(default_factory=PriceTable)
+    max_body_bytes: int = 1_000_000
+    expire_interval_s: float = 10.0
+    public_metrics: bool = False
+    log_level: str = "info"
+    slo: Mapping[str, float] = field(default_factory=dict)
+    budget: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks", "declare at least one task type, e.g. [tasks.summarize]")
+        if self.auth_disabled and not is_loopback(self.host):
+            raise ConfigError(
+                "service.auth",
+                f"auth can be disabled only on a loopback host (127.0.0.1, ::1, localhost); "
+                f"host is {self.host!r}",
+            )
+        if not self.auth_disabled and not self.api_keys:
+            raise ConfigError(
+                "service.api_keys",
+                "no API keys: configure keys (PARAMLOOP_API_KEYS or [[service.api_keys]]) or "
+                'disable auth on 127.0.0.1 (PARAMLOOP_AUTH_DISABLED=1 or service.auth = "disabled")',
+            )
+        if self.mode not in MODES:
+            raise ConfigError("LLM_OPTIMIZATION_MODE", f"must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.traffic_percentage <= 100.0:
+            raise ConfigError(
+                "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE",
+                f"must be in [0, 100], got {self.traffic_percentage!r}",
+            )
+        if self.default_task_type is not None and self.default_task_type not in self.tasks:
+            raise ConfigError(
+                "service.default_task_type",
+                f"no such task type {self.default_task_type!r}; configured: {', '.join(self.tasks)}",
+            )
+        for name in self.proxy:
+            if name not in self.tasks:
+                raise ConfigError(
+                    f"service.tasks.{name}",
+                    f"no such task type; configured: {', '.join(self.tasks)}",
+                )
+        if self.upstreams and ANY_MODEL not in self.upstreams:
+            for name, config in self.tasks.items():
+                for arm in config.space.arms:
+                    if arm.model not in self.upstreams:
+                        raise ConfigError(
+                            "service.upstreams",
+                            f"no upstream serves model {arm.model!r} (task type {name!r}); add "
+                            f'[service.upstreams."{arm.model}"] or one for every model, "*"',
+                        )
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ConfigError("service.api_keys", f"key names must be unique, got {names}")
+        if len({key.sha256 for key in self.api_keys}) != len(self.api_keys):
+            raise ConfigError("service.api_keys", "two keys have the same digest")
+
+    @property
+    def optimizing(self) -> bool:
+        """Whether requests are optimized at all (enabled, and not in shadow mode)."""
+        return self.enabled and self.mode != "shadow"
+
+    def upstream_for(self, model: str) -> Upstream | None:
+        """The upstream of ``model``, else the one for every model (``"*"``), else ``None``."""
+        return self.upstreams.get(model) or self.upstreams.get(ANY_MODEL)
+
+    @classmethod
+    def load(
+        cls,
+        config: str | Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Settings:
+        """Settings from ``config`` (or ``PARAMLOOP_CONFIG``) and the environment.
+
+        ``overrides`` (``host=…``, ``port=…`` from the command line) win over both.
+        """
+        env = os.environ if env is None else env
+        path = config if config is not None else env.get("PARAMLOOP_CONFIG")
+        if not path:
+            raise ConfigError(
+                "config",
+                "no configuration: give --config FILE or set PARAMLOOP_CONFIG to a TOML file "
+                "with [tasks.*] tables",
+            )
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError("config", f"file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+        return cls.from_mapping(data, env=env, **overrides)
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Settings from an already parsed TOML document and the environment."""
+        env = os.environ if env is None else env
+        document = dict(data)
+        service = _table(document.pop("service", {}), "service")
+        policy = env.get("BANDIT_POLICY")
+        if policy:
+            if policy not in POLICIES:
+                raise ConfigError(
+                    "BANDIT_POLICY",
+                    f"unknown policy {policy!r}; available: {', '.join(sorted(POLICIES))}",
+                )
+            defaults = dict(_table(document.get("defaults", {}), "defaults"))
+            defaults["policy"] = policy  # task types that name their own policy keep it
+            document["defaults"] = defaults
+        tasks = parse_config(document)
+        return cls(tasks=tasks, **{**_service(service, env), **overrides})
+
+
+def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    known = {
+        "database_url",
+        "host",
+        "port",
+        "auth",
+        "api_keys",
+        "enabled",
+        "mode",
+        "traffic_percentage",
+        "upstreams",
+        "tasks",
+        "default_task_type",
+        "prices",
+        "max_body_bytes",
+        "expire_interval_s",
+        "public_metrics",
+        "log_level",
+        "slo",
+        "budget",
+    }
+    _only(body, known, "service")
+    out: dict[str, Any] = {}
+
+    def pick(key: str, variable: str | None) -> tuple[str, Any] | None:
+        if variable is not None and env.get(variable, "") != "":
+            return variable, env[variable]
+        if key in body:
+            return f"service.{key}", body[key]
+        return None
+
+    for key, variable, parse in (
+        ("database_url", "DATABASE_URL", _text),
+        ("host", "PARAMLOOP_HOST", _text),
+        ("port", "PARAMLOOP_PORT", _port),
+        ("enabled", "LLM_OPTIMIZATION_ENABLED", _bool),
+        ("mode", "LLM_OPTIMIZATION_MODE", _text),
+        ("traffic_percentage", "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE", _number),
+        ("default_task_type", "PARAMLOOP_DEFAULT_TASK_TYPE", _text),
+        ("max_body_bytes", "PARAMLOOP_MAX_BODY_BYTES", _positive_int),
+        ("expire_interval_s", "PARAMLOOP_EXPIRE_INTERVAL_S", _positive),
+        ("public_metrics", "PARAMLOOP_PUBLIC_METRICS", _bool),
+        ("log_level", "PARAMLOOP_LOG_LEVEL", _log_level),
+    ):
+        found = pick(key, variable)
+        if found is not None:
+            out[key] = parse(*found)
+    auth = pick("auth", None)
+    if auth is not None and auth[1] not in ("keys", "disabled"):
+        raise ConfigError("service.auth", f"must be 'keys' or 'disabled', got {auth[1]!r}")
+    disabled = env.get("PARAMLOOP_AUTH_DISABLED", "")
+    out["auth_disabled"] = (
+        _bool("PARAMLOOP_AUTH_DISABLED", disabled)
+        if disabled
+        else auth == ("service.auth", "disabled")
+    )
+    out["api_keys"] = _api_keys(body.get("api_keys", []), env.get("PARAMLOOP_API_KEYS", ""))
+    out["upstreams"] = _upstreams(_table(body.get("upstreams", {}), "service.upstreams"), env)
+    out["proxy"] = {
+        name: _proxy_options(name, options)
+        for name, options in _table(body.get("tasks", {}), "service.tasks").items()
+    }
+    out["prices"] = PriceTable(
+        {
+            model: _price(model, price)
+            for model, price in _table(body.get("prices", {}), "service.prices").items()
+        }
+    )
+    out["slo"] = _limits(
+        _table(body.get("slo", {}), "service.slo"),
+        env,
+        {
+            "latency_p99_ms": ("SLO_LATENCY_P99_MS", math.inf),
+            "quality_min": ("SLO_QUALITY_MIN", 1.0),
+            "error_rate_max": ("SLO_ERROR_RATE_MAX", 1.0),
+        },
+        "service.slo",
+    )
+    out["budget"] = _limits(
+        _table(body.get("budget", {}), "service.budget"),
+        env,
+        {
+            "daily_tokens": ("BUDGET_DAILY_TOKENS", math.inf),
+            "daily_cost": ("BUDGET_DAILY_COST", math.inf),
+        },
+        "service.budget",
+    )
+    return out
+
+
+def _api_keys(entries: Any, from_env: str) -> tuple[ApiKey, ...]:
+    keys: list[ApiKey] = []
+    if not isinstance(entries, list):
+        raise ConfigError("service.api_keys", "must be an array of tables ([[service.api_keys]])")
+    for i, entry in enumerate(entries):
+        where = f"service.api_keys[{i}]"
+        _only(entry, {"name", "role", "sha256"}, where)
+        keys.append(_api_key(where, entry.get("name"), entry.get("role"), entry.get("sha256")))
+    for i, item in enumerate(part.strip() for part in from_env.split(",") if part.strip()):
+        pieces = item.split(":")
+        if len(pieces) != 3:
+            raise ConfigError(
+                "PARAMLOOP_API_KEYS",
+                f"entry {i} must be name:role:sha256 (entries separated by commas)",
+            )
+        keys.append(_api_key(f"PARAMLOOP_API_KEYS[{i}]", *pieces))
+    return tuple(keys)
+
+
+def _api_key(where: str, name: object, role: object, digest: object) -> ApiKey:
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{where}.name", "must be a non-empty string")
+    if role not in ROLES:
+        raise ConfigError(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest.lower()):
+        raise ConfigError(
+            f"{where}.sha256",
+            "must be the SHA-256 hex digest of the key (64 hex characters): "
+            "printf '%s' \"$KEY\" | sha256sum",
+        )
+    return ApiKey(name.strip(), role, digest.lower())
+
+
+def _upstreams(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Upstream]:
+    out = {
+        model: _upstream(f"service.upstreams.{model}", spec, env) for model, spec in body.items()
+    }
+    base = env.get("PARAMLOOP_UPSTREAM_BASE_URL", "")
+    if base:
+        spec = {"base_url": base}
+        if env.get("PARAMLOOP_UPSTREAM_API_KEY_ENV"):
+            spec["api_key_env"] = env["PARAMLOOP_UPSTREAM_API_KEY_ENV"]
+        out[ANY_MODEL] = _upstream("PARAMLOOP_UPSTREAM_BASE_URL", spec, env)
+    return out
+
+
+def _upstream(where: str, spec: Any, env: Mapping[str, str]) -> Upstream:
+    _only(spec, {"base_url", "api_key_env", "timeout_s"}, where)
+    base_url = spec.get("base_url")
+    if not isinstance(base_url, str) or not re.match(r"https?://[^/\s]+", base_url):
+        raise ConfigError(
+            f"{where}.base_url",
+            f"must be an http(s) URL such as http://host:8081/v1, got {base_url!r}",
+        )
+    key_env = spec.get("api_key_env")
+    key = None
+    if key_env is not None:
+        if not isinstance(key_env, str) or not key_env:
+            raise ConfigError(f"{where}.api_key_env", "must name an environment variable")
+        key = env.get(key_env)
+        if not key:
+            raise ConfigError(
+                f"{where}.api_key_env", f"the environment variable {key_env} is not set"
+            )
+    timeout = _positive(f"{where}.timeout_s", spec.get("timeout_s", 60.0))
+    return Upstream(base_url.rstrip("/"), key_env, key, timeout)
+
+
+def _proxy_options(name: str, body: Any) -> ProxyOptions:
+    where = f"service.tasks.{name}"
+    _only(body, {"feedback", "pinned"}, where)
+    for key, allowed in (("feedback", FEEDBACK_MODES), ("pinned", PINNED_MODES)):
+        if key in body and body[key] not in allowed:
+            raise ConfigError(f"{where}.{key}", f"must be one of {allowed}, got {body[key]!r}")
+    return ProxyOptions(**body)
+
+
+def _price(model: str, body: Any) -> Price:
+    where = f"service.prices.{model}"
+    _only(body, {"input_per_mtok", "output_per_mtok"}, where)
+    try:
+        return Price(body.get("input_per_mtok", 0.0), body.get("output_per_mtok", 0.0))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc.field}", exc.problem) from None
+
+
+def _limits(
+    body: Mapping[str, Any],
+    env: Mapping[str, str],
+    spec: Mapping[str, tuple[str, float]],
+    where: str,
+) -> dict[str, float]:
+    _only(body, set(spec), where)
+    out: dict[str, float] = {}
+    for key, (variable, high) in spec.items():
+        if env.get(variable, "") != "":
+            origin, value = variable, env[variable]
+        elif key in body:
+            origin, value = f"{where}.{key}", body[key]
+        else:
+            continue
+        number = _number(origin, value)
+        if not 0.0 <= number <= high:
+            raise ConfigError(origin, f"must be in [0, {high:g}], got {value!r}")
+        out[key] = number
+    return out
+
+
+# -- values ---------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _text(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(where, f"must be a non-empty string, got {value!r}")
+    return value.strip()
+
+
+def _bool(where: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ConfigError(where, f"must be true or false, got {value!r}")
+
+
+def _number(where: str, value: Any) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(where, f"must be a number, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(where, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _positive(where: str, value: Any) -> float:
+    number = _number(where, value)
+    if number <= 0:
+        raise ConfigError(where, f"must be > 0, got {value!r}")
+    return number
+
+
+def _positive_int(where: str, value: Any) -> int:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(where, f"must be a whole number >= 1, got {value!r}")
+    return value
+
+
+def _port(where: str, value: Any) -> int:
+    port = _positive_int(where, value)
+    if port > 65535:
+        raise ConfigError(where, f"must be a TCP port (1-65535), got {value!r}")
+    return port
+
+
+def _log_level(where: str, value: Any) -> str:
+    level = _text(where, value).lower()
+    if level not in _LOG_LEVELS:
+        raise ConfigError(where, f"must be one of {', '.join(_LOG_LEVELS)}, got {value!r}")
+    return level
+
+
+def _table(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, "must be a table")
+    return value
+
+
+def _only(body: Any, allowed: set[str], where: str) -> None:
+    if not isinstance(body, Mapping):
+        raise ConfigError(where, "must be a table")
+    for key in body:
+        if key not in allowed:
+            raise ConfigError(
+                f"{where}.{key}", f"unknown key; allowed: {', '.join(sorted(allowed))}"
+            )
+
+
+__all__ = ["ANY_MODEL", "MODES", "ROLES", "ApiKey", "Role", "Settings", "Upstream", "is_loopback"]
