@@ -137,9 +137,7 @@ def test_promotion_needs_every_requirement_and_leaves_an_audit_trail() -> None:
     store, clock = MemoryDecisionLog(), Clock()
     optimizer, controller = build(store, clock)
     before = controller.state(TASK)
-    with pytest.raises(
-        PromotionRefusedError, match=r"gates: gates did not pass.*min_duration.*confidence unknown"
-    ):
+    with pytest.raises(PromotionRefusedError, match=r"min_duration.*confidence unknown"):
         controller.advance(TASK, actor="alice", reason="too early")
     assert controller.state(TASK) == before
     pass_gates(store, clock)
@@ -365,3 +363,22 @@ DECISION = Decision(
 def test_group_of_reads_the_origin() -> None:
     assert group_of(DECISION) is Group.TREATMENT
     assert group_of(replace(DECISION, origin="baseline")) is Group.CONTROL
+
+
+def test_the_whole_loop_starts_where_the_configuration_says_and_audits_it() -> None:
+    from paramloop.engine.loop import build_loop
+
+    store = MemoryDecisionLog()
+    configs = default_tasks(task_types=[TASK, "qa"])
+    loop = build_loop(configs, store, initial={TASK: (Phase.GENERAL, 100.0)})
+    assert loop.rollout.state(TASK).phase is Phase.GENERAL
+    assert loop.rollout.state("qa").phase is Phase.SHADOW
+    decision = loop.optimizer.recommend(TASK, {})
+    assert decision.phase == "general" and decision.origin.startswith("bandit:")
+    [record] = store.list_provenance(TASK, "phase_change")
+    assert record.actor == "config" and record.evidence["to"] == "general"
+    # The configuration only places a new rollout: the stored one wins on restart.
+    again = build_loop(configs, store, initial={TASK: (Phase.CANARY, 5.0)})
+    assert again.rollout.state(TASK).phase is Phase.GENERAL
+    with pytest.raises(InputError, match="initial"):
+        build_loop(configs, MemoryDecisionLog(), initial={TASK: (Phase.CANARY, 50.0)})

@@ -431,8 +431,9 @@ def promotion_check(
 ) -> PromotionVerdict:
     """List every requirement for the next ``advance`` with its verdict and reason.
 
-    Requirements: the table allows advancing, not frozen, quality gates passed,
-    minimum time in phase, SLOs ok over the phase (every rule decided and none
+    Requirements: the table allows advancing, not frozen, quality gates passed
+    (not required to leave shadow: its log, served by the baseline alone, cannot
+    evaluate the candidate; canary's can), minimum time in phase, SLOs ok over the phase (every rule decided and none
     breached; not required in shadow, which serves no treatment), confidence at
     the target's threshold, and an approval when the plan requires one.
     """
@@ -462,7 +463,15 @@ def promotion_check(
             not state.frozen,
             f"frozen: {state.frozen_reason}" if state.frozen else "thawed",
         ),
-        ("gates", gates_passed, "gates passed" if gates_passed else "gates did not pass"),
+        (
+            "gates",
+            gates_passed or state.phase is Phase.SHADOW,
+            "gates passed"
+            if gates_passed
+            else "gates did not pass"
+            if state.phase is not Phase.SHADOW
+            else "not required to leave shadow (its log cannot evaluate the candidate)",
+        ),
         (
             "min_duration",
             elapsed >= needed,

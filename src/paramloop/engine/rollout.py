@@ -151,9 +151,12 @@ class RolloutController:
         policy_version: Callable[[str], str] = lambda task_type: "unknown",
         alerts: AlertManager | None = None,
         clock: Callable[[], float] = time.time,
+        initial: Mapping[str, tuple[Phase, float]] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
+        # Where a task type's rollout starts when the store has none yet (default: shadow).
+        self._initial = dict(initial or {})
         self.alerts = alerts if alerts is not None else AlertManager(store, clock=clock)
         self._baseline = dict(baseline_arm)
         self._policy_version = policy_version
@@ -547,6 +550,13 @@ class RolloutController:
         stored = self.store.get_state(STATE_KIND, task_type)
         if stored is None:
             state = RolloutState.start(task_type, now)
+            phase, percent = self._initial.get(task_type, (Phase.SHADOW, 0.0))
+            if phase is not Phase.SHADOW:
+                if not phase.is_active:
+                    raise InputError("initial", f"a rollout starts in an active phase, not {phase}")
+                if problem := traffic_problem(phase, percent):
+                    raise InputError("initial", problem)
+                state = replace(state, phase=phase, traffic_percent=float(percent))
             live = _Live(
                 settings=settings,
                 state=state,
@@ -563,6 +573,14 @@ class RolloutController:
                 self._save(live, state)
             except StaleStateError:
                 return self._load(task_type, settings)  # another replica created it first
+            if state.phase is not Phase.SHADOW:
+                self._audit(
+                    task_type,
+                    "phase_change",
+                    "config",
+                    f"rollout created in {state.phase} at {state.traffic_percent:g} % by configuration",
+                    {"to": str(state.phase), "traffic_percent": state.traffic_percent},
+                )
             return live
         data = stored.data
         live = _Live(
