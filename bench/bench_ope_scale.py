@@ -106,6 +106,7 @@ def evaluate_once(path: Path, interval: str, resamples: int) -> dict[str, Any]:
     from paramloop.store import SQLiteDecisionLog
 
     imported = time.perf_counter()
+    cpu_before = time.process_time()
     config = default_tasks(task_types=[TASK])[0]
     store = SQLiteDecisionLog(path)
     result = evaluate(
@@ -118,10 +119,12 @@ def evaluate_once(path: Path, interval: str, resamples: int) -> dict[str, Any]:
     )
     store.close()
     seconds = time.perf_counter() - imported
+    cpu_seconds = time.process_time() - cpu_before
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "rows": result.n,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "import_seconds": imported - started,
         "peak_rss_mb": peak_kib / 1024,
         "interval": interval,
@@ -178,6 +181,8 @@ def main() -> None:
         "interval": args.interval,
         "seconds": [r["seconds"] for r in runs],
         "median_seconds": statistics.median(r["seconds"] for r in runs),
+        "median_cpu_seconds": statistics.median(r["cpu_seconds"] for r in runs),
+        "load_average": os.getloadavg()[0],
         "import_seconds": statistics.median(r["import_seconds"] for r in runs),
         "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
         "estimates": runs[0]["estimates"],
@@ -189,15 +194,26 @@ def main() -> None:
 
 def table(result: dict[str, Any]) -> str:
     head = markdown_table(
-        ["rows", "SQLite file", "interval", "evaluation (median)", "runs", "peak RSS"],
+        [
+            "rows",
+            "SQLite file",
+            "interval",
+            "wall (median)",
+            "CPU (median)",
+            "runs (wall)",
+            "peak RSS",
+            "load avg",
+        ],
         [
             [
                 f"{result['rows']:,}",
                 f"{result['file_mb']:.0f} MB",
                 result["interval"],
                 f"{result['median_seconds']:.2f} s",
+                f"{result['median_cpu_seconds']:.2f} s",
                 ", ".join(f"{s:.2f} s" for s in result["seconds"]),
                 f"{result['peak_rss_mb']:.0f} MB",
+                f"{result['load_average']:.1f}",
             ]
         ],
     )

@@ -14,6 +14,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -276,19 +277,29 @@ class Featurizer:
         on large batches.  A context without one of the features raises
         :class:`FeatureError` naming it and how many contexts lack it.
         """
-        columns = [np.ones((len(contexts), 1))]
-        for feature in self.features:
-            name = feature.name
-            try:
-                values = [context[name] for context in contexts]
-            except KeyError:
+        names = [feature.name for feature in self.features]
+        try:
+            # One C-level lookup of every feature per context, then a transpose.
+            rows = list(map(itemgetter(*names), contexts)) if len(names) > 1 else None
+        except KeyError:
+            for name in names:
                 missing = sum(name not in context for context in contexts)
-                raise FeatureError(
-                    name,
-                    f"is missing from {missing} of {len(contexts)} contexts (was it declared "
-                    "after they were logged?)",
-                ) from None
-            columns.append(feature.encode_column(values))
+                if missing:
+                    raise FeatureError(
+                        name,
+                        f"is missing from {missing} of {len(contexts)} contexts (was it declared "
+                        "after they were logged?)",
+                    ) from None
+            raise
+        if rows is None:
+            by_feature: list[Sequence[Any]] = [
+                [context[names[0]] for context in contexts] if names else []
+            ]
+        else:
+            by_feature = list(zip(*rows, strict=True)) if rows else [[] for _ in names]
+        columns = [np.ones((len(contexts), 1))]
+        for feature, values in zip(self.features, by_feature, strict=False):
+            columns.append(feature.encode_column(list(values)))
         return np.hstack(columns)
 
     def featurize(

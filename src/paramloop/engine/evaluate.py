@@ -11,6 +11,7 @@ so they arrive here as ordinary outcomes with ``source="default"``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -203,11 +204,10 @@ class _ArmCheck:
     """Whether each logged arm index still means the parameters it was logged with.
 
     Decisions of one arm differ only in their seed, and the stored JSON puts the
-    seed between the same two parts for every decision of an arm: a row matches
-    when its text starts and ends with today's parts for its arm (two C-level
-    string comparisons).  A row that does not is parsed and compared as
-    :class:`Params` (once per distinct text without its seed), so another
-    serialization of the same parameters still matches.
+    seed between the same two parts for every decision of an arm: with the seed
+    blanked, a chunk holds a handful of distinct texts, each compared once with
+    today's text for its arm, and parsed and compared as :class:`Params` when it
+    differs (so another serialization of the same parameters still matches).
     """
 
     def __init__(self, config: TaskConfig) -> None:
@@ -221,24 +221,32 @@ class _ArmCheck:
         self._parsed: dict[tuple[int, str], bool] = {}
 
     def check(self, arms: Sequence[int], texts: Sequence[str]) -> None:
-        parts = self.parts
-        for arm, text in zip(arms, texts, strict=True):
-            expected = parts.get(arm)
-            if expected is not None and text.startswith(expected[0]) and text.endswith(expected[1]):
-                continue
-            key = (arm, _without_seed(text))
+        # Blank every seed in one regular-expression pass over the chunk (stored JSON never
+        # holds a raw newline), then look at each distinct (arm, text) once.
+        blanked = _SEED.sub('"seed":_', "\n".join(texts)).split("\n")
+        counts: dict[tuple[int, str], int] = {}
+        for key in zip(arms, blanked, strict=True):
+            counts[key] = counts.get(key, 0) + 1
+        for (arm, text), n in counts.items():
+            key = (arm, text)
             matches = self._parsed.get(key)
             if matches is None:
-                matches = self._parsed[key] = 0 <= arm < len(self.space) and (
-                    replace(Params.from_dict(orjson.loads(text)), seed=None) == self.space[arm]
-                )
+                matches = self._parsed[key] = self._matches(arm, text)
             if not matches:
-                self.wrong[key] = self.wrong.get(key, 0) + 1
+                self.wrong[key] = self.wrong.get(key, 0) + n
+
+    def _matches(self, arm: int, blanked: str) -> bool:
+        expected = self.parts.get(arm)
+        if expected is not None and blanked == expected[0] + "_" + expected[1]:
+            return True
+        if not 0 <= arm < len(self.space):
+            return False
+        data = orjson.loads(blanked.replace('"seed":_', '"seed":null'))
+        return bool(replace(Params.from_dict(data), seed=None) == self.space[arm])
 
 
-def _without_seed(text: str) -> str:
-    head, found, tail = text.partition('"seed":')
-    return head + tail.partition(",")[2] if found else text
+#: A seed in stored parameters' JSON: an integer or null after the ``seed`` key.
+_SEED = re.compile(r'"seed":(?:-?\d+|null)')
 
 
 @dataclass(frozen=True)
@@ -258,18 +266,20 @@ def _read_chunk(config: TaskConfig, chunk: list[EvaluationRow], check: _ArmCheck
     timestamps, arms, propensities, contexts, rewards, params, policies = zip(*chunk, strict=True)
     check.check(arms, params)
     # Parse and featurize each distinct context once: logs repeat contexts.
-    codes: dict[str, int] = {}
-    code = [codes.setdefault(text, len(codes)) for text in contexts]
-    parsed = [orjson.loads(text) for text in codes]
+    distinct = list(dict.fromkeys(contexts))
+    parsed = list(map(orjson.loads, distinct))
     try:
-        unique = config.featurizer.transform_many(parsed)
+        vectors = config.featurizer.transform_many(parsed)
     except FeatureError as exc:
         raise EvaluationError(
             "context", f"logged contexts do not fit the featurizer: {exc}"
         ) from None
+    if len(distinct) < len(contexts):
+        index = {text: i for i, text in enumerate(distinct)}
+        vectors = vectors[np.fromiter(map(index.__getitem__, contexts), np.intp, len(contexts))]
     propensity = np.array(propensities, dtype=np.float64)
     return _Chunk(
-        contexts=unique[np.array(code, dtype=np.intp)],
+        contexts=vectors,
         actions=np.array(arms, dtype=np.intp),
         propensities=propensity,
         rewards=np.array(rewards, dtype=np.float64),
