@@ -115,6 +115,11 @@ def test_decide_respects_floor_and_logs_exact_propensity(
     assert choice.propensity == pytest.approx(floored[choice.arm], rel=1e-12)
     assert choice.propensity >= exploration / len(arms) - 1e-15
     assert 0.0 <= choice.confidence <= 1.0
+    # The choice carries the distribution it was drawn from (a rollout's control group
+    # logs the baseline's probability under it).
+    assert choice.probability_of(choice.arm) == pytest.approx(choice.propensity, rel=1e-12)
+    assert [choice.probability_of(a) for a in arms] == pytest.approx(list(floored), rel=1e-12)
+    assert choice.probability_of(99) == 0.0
 
 
 def test_empirical_choice_frequencies_match_logged_propensities(policy: Policy) -> None:

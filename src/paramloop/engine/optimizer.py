@@ -233,7 +233,7 @@ class Optimizer:
                     )
                 else:
                     arm, intended, origin = baseline, choice.arm, "baseline"
-                    propensity = route.share * choice.baseline_probability + (1.0 - route.share)
+                    propensity = route.share * choice.probability_of(baseline) + (1.0 - route.share)
                 propensity = min(1.0, propensity)  # t·π + (1 − t) can round a hair above 1
             decision = Decision(
                 request_id=request_id,

@@ -22,7 +22,7 @@ import math
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -71,9 +71,17 @@ class Choice:
     arm: int
     propensity: float
     confidence: float
-    #: The probability the same distribution gives the baseline arm (0 when it is not feasible):
-    #: what a rollout's control group needs for its logged propensity.
-    baseline_probability: float = 0.0
+    # The distribution drawn from (unnormalized, over ``arms``), kept by reference so that
+    # probability_of costs nothing unless asked: a rollout's control group asks.
+    weights: FloatArray | None = field(default=None, repr=False, compare=False)
+    arms: IntArray | None = field(default=None, repr=False, compare=False)
+
+    def probability_of(self, arm: int) -> float:
+        """The probability the distribution this choice was drawn from gives ``arm`` (0 if infeasible)."""
+        if self.weights is None or self.arms is None:
+            raise ValueError("this choice does not carry its distribution")
+        hit = np.flatnonzero(self.arms == arm)
+        return float(self.weights[hit[0]] / self.weights.sum()) if hit.size else 0.0
 
 
 class Policy(ABC):
@@ -296,15 +304,12 @@ def decide(policy: Policy, x: FloatArray, arms: IntArray, seed: int, exploration
     cumulative = np.cumsum(probs)
     u = (_mix64(seed) >> 11) * (1.0 / 9007199254740992.0)  # top 53 bits → [0, 1)
     index = min(int(np.searchsorted(cumulative, u * cumulative[-1], side="right")), k - 1)
-    arm = int(arms[index])
-    at_baseline = np.flatnonzero(arms == policy.design.baseline)
     return Choice(
-        arm=arm,
+        arm=int(arms[index]),
         propensity=float(probs[index] / cumulative[-1]),
         confidence=confidence(mean, std, index),
-        baseline_probability=float(probs[at_baseline[0]] / cumulative[-1])
-        if at_baseline.size
-        else 0.0,
+        weights=probs,
+        arms=arms,
     )
 
 
