@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from paramloop.cli_common import console, errors
+from paramloop.cli_common import reported as _reported
+from paramloop.cli_rollout import (
+    alerts_command,
+    audit_command,
+    budget_app,
+    rollout_app,
+    simulate_rollout,
+)
 from paramloop.cli_server import serve_command, upstream_app
 from paramloop.core.policies import POLICIES
 from paramloop.engine import Optimizer, TaskConfig, load_config
@@ -34,9 +40,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Tables need ~110 columns; when output is piped (no terminal to measure), use that width.
-console = Console(width=None if sys.stdout.isatty() else 110)
-errors = Console(stderr=True)
 
 
 @app.callback()
@@ -70,11 +73,22 @@ def simulate_command(
         int, typer.Option(min=2, help="Held-out contexts for the lift interval.")
     ] = 200,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    rollout: Annotated[
+        bool,
+        typer.Option(
+            "--rollout",
+            help="Walk one task type (default summarization) through every rollout phase, then "
+            "break it (--rounds and --holdout do not apply).",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole loop on simulated LLM traffic and report what it learned, per task type."""
     world = World()
     with _reported():
         tasks = _tasks(config, policy, exploration, task_type, world)
+        if rollout:
+            simulate_rollout(tasks, world, only=task_type, db=db, seed=seed, as_json=as_json)
+            return
         store = _store(db)
         optimizer = Optimizer(tasks, store)
         total = rounds * len(tasks)
@@ -335,6 +349,10 @@ gates_app = typer.Typer(
 app.add_typer(gates_app, name="gates")
 app.add_typer(upstream_app, name="upstream")
 app.command(name="serve")(serve_command)
+app.add_typer(rollout_app, name="rollout")
+app.add_typer(budget_app, name="budget")
+app.command(name="audit")(audit_command)
+app.command(name="alerts")(alerts_command)
 
 
 @gates_app.command(name="run")
@@ -461,16 +479,6 @@ def _show_report(report: GateReportRecord, as_json: bool) -> None:
         table.add_row(gate["name"], f"[{shade}]{gate['verdict']}[/]", gate["reason"])
     console.print(table)
     console.print(f"verdict: [{colour}]{report.verdict}[/]")
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """Turn a paramloop error into its message on stderr and exit status 2 (usage errors)."""
-    try:
-        yield
-    except ParamloopError as exc:
-        errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _evaluated_task(config: Path | None, task_type: str, candidate: str) -> TaskConfig:

@@ -8,21 +8,17 @@ FastAPI, uvicorn and llama.cpp are imported inside the commands, so ``paramloop
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from paramloop.errors import ParamloopError
+from paramloop.cli_common import reported as _reported
 
 upstream_app = typer.Typer(
     help="Serve an LLM upstream: a real model on this machine, OpenAI-compatible.",
     no_args_is_help=True,
 )
-_errors = Console(stderr=True)
 
 
 @upstream_app.command(name="local")
@@ -101,13 +97,3 @@ def _tracer() -> object | None:
     except ImportError:
         return None
     return trace.get_tracer("paramloop")
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """A paramloop error becomes its message on stderr and exit status 2, as in ``paramloop.cli``."""
-    try:
-        yield
-    except ParamloopError as exc:
-        _errors.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None

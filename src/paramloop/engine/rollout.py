@@ -333,6 +333,8 @@ class RolloutController:
         live = self._get(task_type)
         with live.lock:
             state = live.state
+            if state.phase is Phase.PAUSED:  # no bounds of its own: it holds the paused phase's
+                raise InputError("traffic_percent", f"{task_type!r} is paused: resume it first")
             if problem := traffic_problem(state.phase, percent):
                 raise InputError("traffic_percent", problem)
             new = replace(state, traffic_percent=float(percent), version=state.version + 1)
