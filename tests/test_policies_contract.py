@@ -118,7 +118,7 @@ def test_decide_respects_floor_and_logs_exact_propensity(
     # The choice carries the distribution it was drawn from (a rollout's control group
     # logs the baseline's probability under it).
     assert choice.probability_of(choice.arm) == pytest.approx(choice.propensity, rel=1e-12)
-    assert [choice.probability_of(a) for a in arms] == pytest.approx(list(floored), rel=1e-12)
+    assert [choice.probability_of(int(a)) for a in arms] == pytest.approx(list(floored), rel=1e-12)
     assert choice.probability_of(99) == 0.0
 
 

@@ -405,3 +405,15 @@ def test_any_event_sequence_keeps_the_invariants(events: list[Event], target: Ta
         if state.frozen and event is not Event.RESTART:
             assert new.frozen
         state = new
+
+
+def test_without_a_control_group_inconclusive_analyses_never_freeze() -> None:
+    """At 100 % treatment the relative rules cannot decide; that must not freeze general."""
+    plan = RolloutPlan(inconclusive_limit=1, guarded_min_s=0.0)
+    state = RolloutState(task_type="t", phase=Phase.GENERAL, traffic_percent=100.0)
+    for i in range(5):
+        state, event = record_analysis(state, plan, SLOVerdict.INCONCLUSIVE, float(i))
+        assert event is None
+    assert not state.frozen and state.consecutive_inconclusives == 0
+    _, event = record_analysis(state, plan, SLOVerdict.BREACH, 10.0)
+    assert event is not None  # an absolute rule can still breach and roll back

@@ -294,7 +294,9 @@ def test_low_confidence_raises_one_warning_per_run() -> None:
     store, clock = MemoryDecisionLog(), Clock()
     _, controller = build(store, clock)
     for i, confidence in enumerate([0.2] * 15 + [0.9] + [0.3] * 5):
-        controller.observe_decision(replace(DECISION, request_id=f"r{i}", confidence=confidence))
+        controller.observe_decision(
+            replace(DECISION, request_id=f"r{i}", confidence=confidence, phase="shadow")
+        )
     [alert] = store.list_alerts(TASK, dedup_key=f"low_confidence:{TASK}")
     assert alert.severity == "warning" and alert.evidence["consecutive"] == 11
     assert controller.confidence(TASK) == pytest.approx((15 * 0.2 + 0.9 + 5 * 0.3) / 21)

@@ -357,8 +357,9 @@ def record_analysis(
 
     Breaches count consecutively; one more than ``failure_limit`` asks for
     :func:`rollback_event`.  Inconclusive analyses count only once the phase has
-    lasted its minimum duration (before that, too little data is expected); one
-    more than ``inconclusive_limit`` freezes.  An ok analysis resets both.
+    lasted its minimum duration (before that, too little data is expected) and
+    while a control group exists (below 100 % treatment); one more than
+    ``inconclusive_limit`` freezes.  An ok analysis resets both.
     Without treatment traffic there is nothing to analyse and nothing changes.
     """
     if state.traffic_percent == 0.0:
@@ -369,7 +370,10 @@ def record_analysis(
     elif verdict is SLOVerdict.INCONCLUSIVE:
         phase = state.previous if state.phase is Phase.PAUSED and state.previous else state.phase
         matured = now - state.entered_at >= plan.min_duration_s(phase)
-        inconclusives = state.consecutive_inconclusives + int(matured)
+        # At 100 % there is no control group: rules relative to it can never decide, and
+        # only the absolute ones (error-rate cap, latency cap) can breach.
+        counted = matured and state.traffic_percent < 100.0
+        inconclusives = state.consecutive_inconclusives + int(counted)
         if inconclusives > plan.inconclusive_limit and not state.frozen:
             frozen_reason = f"SLO analysis inconclusive {inconclusives} times in a row"
     new = replace(
@@ -453,8 +457,13 @@ def promotion_check(
     else:
         slo_reason = f"SLOs {slo}: " + "; ".join(f"{s.metric} {s.verdict}" for s in slo_status)
     threshold = plan.confidence_threshold(target_phase) if target_phase else math.nan
+    confidence_reason = (
+        f"confidence {'unknown' if confidence is None else f'{confidence:g}'}, "
+        f"{threshold:g} needed to enter {target_phase}"
+        if target_phase
+        else f"no phase to enter from {state.phase}"
+    )
     allowed = ", ".join(allowed_events(state.phase))
-    shown = "unknown" if confidence is None else f"{confidence:g}"
     approval = ("given" if approved else "missing") if plan.require_approval else "not required"
     rows = [
         ("transition", target_phase is not None, f"{state.phase} → {target_phase or allowed}"),
@@ -481,7 +490,7 @@ def promotion_check(
         (
             "confidence",
             target_phase is not None and confidence is not None and confidence >= threshold,
-            f"confidence {shown}, {threshold:g} needed to enter {target_phase}",
+            confidence_reason,
         ),
         ("approval", approved or not plan.require_approval, f"approval {approval}"),
     ]

@@ -179,7 +179,7 @@ class RolloutController:
         """Count a logged decision: confidence, shadow agreement, drift, low-confidence alert."""
         live = self._get(decision.task_type)
         with live.lock:
-            if decision.timestamp >= live.state.entered_at:
+            if _in_phase(live.state, decision):
                 live.confidence_sum += decision.confidence
                 live.confidence_n += 1
                 if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
@@ -606,7 +606,7 @@ class RolloutController:
         since = min(state.entered_at, live.drift_since)
         rows = [row for chunk in self.store.iter_logged(state.task_type, since) for row in chunk]
         for decision, _ in rows:
-            if decision.timestamp >= state.entered_at:
+            if _in_phase(state, decision):
                 live.confidence_sum += decision.confidence
                 live.confidence_n += 1
                 if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
