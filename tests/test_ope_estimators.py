@@ -231,3 +231,15 @@ def test_interval_contains_the_estimate(
         assert result.support == "ok"
         assert result.low is not None and result.value is not None and result.high is not None
         assert result.low <= result.value <= result.high
+
+
+def test_snips_with_subnormal_weights_is_still_a_weighted_mean() -> None:
+    """The mean of subnormal weights rounds badly; normalizing must not bias the ratio."""
+    tiny = 5e-324
+    data = LoggedBandit(
+        rewards=np.array([0.5, 0.5, 0.7]),
+        actions=np.array([0, 0, 1]),
+        propensities=np.ones(3),
+        target=np.array([[tiny, 1 - tiny], [tiny, 1 - tiny], [1.0, 0.0]]),
+    )
+    assert SNIPS().value(data) == pytest.approx(0.5, abs=1e-12)

@@ -96,14 +96,17 @@ class Terms:
     def _normalized(self) -> FloatArray:
         # Weights over their mean: products with residuals stay near the residuals' scale
         # (w · r underflows when w is tiny), and the self-normalized ratio is unchanged.
-        mean = float(self.weights.mean())
-        if not mean > 0.0:
+        # Scaled by the largest weight first: the mean of subnormal weights rounds to a
+        # few bits (5e-324 · 2 / 3 → 5e-324) and would bias the ratio.
+        peak = float(self.weights.max())
+        if not peak > 0.0:
             raise EvaluationError(
                 "weights",
                 "every importance weight is 0 (the target never chooses a logged action), "
                 "so a self-normalized estimate is undefined",
             )
-        normalized: FloatArray = self.weights / mean
+        scaled = self.weights / peak
+        normalized: FloatArray = scaled / float(scaled.mean())
         return normalized
 
 
