@@ -43,3 +43,25 @@ def test_spend_never_passes_the_daily_limit_and_the_baseline_takes_over() -> Non
     assert 5 < first < 140
     assert origins[first:].count("budget:baseline") > len(origins[first:]) / 2
     assert optimizer.stats.fallbacks == 0
+
+
+def test_a_call_without_an_outcome_is_charged_its_reservation_when_its_window_closes() -> None:
+    config = replace(
+        default_tasks(task_types=[TASK], exploration=0.3)[0],
+        budget=BudgetLimits(tokens_per_day=1_000_000.0),
+        reward_wait_s=60.0,
+    )
+    store = MemoryDecisionLog()
+    now = [1_700_000_000.0]
+    budgets = BudgetManager(store, {TASK: config.budget}, clock=lambda: now[0])
+    optimizer = Optimizer([config], store, budgets=budgets, clock=lambda: now[0])
+    decision = optimizer.recommend(TASK, {"prompt_tokens": 500}, seed=1)
+    reserved = budgets.status(TASK)["reserved"]["tokens"]
+    assert reserved == 500 + decision.params.max_tokens  # type: ignore[operator]
+    now[0] += 30.0
+    optimizer.expire()
+    assert budgets.status(TASK)["reserved"]["tokens"] == reserved  # still inside its window
+    now[0] += 31.0
+    optimizer.expire()
+    status = budgets.status(TASK)
+    assert status["reserved"]["tokens"] == 0.0 and status["spent"]["tokens"] == reserved

@@ -141,7 +141,7 @@ class Optimizer:
         self.budgets = budgets
         self.spend_cap = spend_cap if spend_cap is not None else token_cap
         # Open budget reservations of this process's calls, until their outcome settles them.
-        self._reservations: dict[str, tuple[Reservation, int]] = {}
+        self._reservations: dict[str, tuple[Reservation, int, str, float]] = {}
         self.stats = LoopStats()
         self._tasks = {config.name: _TaskState(config, config.new_policy()) for config in configs}
         # Recent decisions with their context vectors, so an outcome needs no store read
@@ -314,6 +314,7 @@ class Optimizer:
         """
         now = self.clock() if now is None else now
         count = 0
+        self._settle_unanswered(now)
         for state in self._tasks.values():
             config = state.config
             measured = self.store.pending_measurements(
@@ -519,6 +520,28 @@ class Optimizer:
                 state.last_outcome_seq = recorded.seq
         return learned
 
+    def _settle_unanswered(self, now: float) -> None:
+        """Charge the reserved maximum of calls whose wait window closed without an outcome.
+
+        Nothing says what such a call spent, so it is charged what it could have
+        spent: the budget errs on the safe side, and the reservation does not stay
+        open for ever.  (Reservations held by a process that crashed are not known
+        here; they stay open in the budget state until its day ends.)
+        """
+        if self.budgets is None:
+            return
+        for request_id, (reservation, arm, task_type, logged_at) in list(
+            self._reservations.items()
+        ):
+            if logged_at >= now - self._tasks[task_type].config.reward_wait_s:
+                continue
+            if self._reservations.pop(request_id, None) is None:
+                continue  # its outcome arrived meanwhile
+            try:
+                self.budgets.settle(task_type, reservation, reservation.amount, arm)
+            except Exception as exc:
+                self._failed("budget", exc)
+
     def _reserve(
         self, config: TaskConfig, decision: Decision, caps: Mapping[int, Spend]
     ) -> Decision:
@@ -541,7 +564,12 @@ class Optimizer:
                 intended_arm=decision.arm,
                 error=str(exc),
             )
-        self._reservations[decision.request_id] = (reservation, decision.arm)
+        self._reservations[decision.request_id] = (
+            reservation,
+            decision.arm,
+            config.name,
+            decision.timestamp,
+        )
         return decision
 
     def _fallback(
