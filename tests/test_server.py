@@ -20,10 +20,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from paramloop.engine import Optimizer
+from paramloop.engine.loop import Loop, build_loop
 from paramloop.errors import ConfigError
 from paramloop.server.app import create_app
 from paramloop.server.auth import digest, identify
 from paramloop.server.settings import Settings
+from paramloop.store import open_store
 from paramloop.store.base import Store
 from paramloop.types import Decision, GateReportRecord
 
@@ -156,12 +158,10 @@ Make = Callable[..., Harness]
 def make(tmp_path: Path) -> Iterator[Make]:
     clients: list[TestClient] = []
 
-    def build(optimizer: Optimizer | None = None, **service: Any) -> Harness:
+    def build(loop: Loop | None = None, **service: Any) -> Harness:
         clock, upstream = Clock(), Upstream()
         settings = settings_for(tmp_path, **service)
-        app = create_app(
-            settings, optimizer=optimizer, transport=httpx.MockTransport(upstream), clock=clock
-        )
+        app = create_app(settings, loop=loop, transport=httpx.MockTransport(upstream), clock=clock)
         client = TestClient(app, raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
@@ -321,13 +321,28 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("read", "GET", "/api/optimization/slo-status", None),
     ("read", "GET", "/api/optimization/rollout-status", None),
     ("read", "GET", "/api/optimization/compliance-status", None),
+    ("read", "GET", "/api/optimization/alerts", None),
     ("write", "POST", "/v1/recommend", {"task_type": "qa"}),
     ("write", "POST", "/v1/outcomes", {"request_id": "x", "outcome": {}}),
     ("write", "POST", "/v1/feedback", {"request_id": "x", "quality": 1}),
     ("write", "POST", "/v1/chat/completions", {"model": "m", "messages": MESSAGES}),
     ("admin", "POST", "/api/optimization/approvals", {"report_id": 1, "reason": "ok"}),
-    ("admin", "POST", "/api/optimization/rollback", None),
-    ("admin", "POST", "/api/optimization/advance", None),
+    *[
+        ("admin", "POST", f"/api/optimization/{action}", {"task_type": "qa", "reason": "r"})
+        for action in ("advance", "rollback", "pause", "resume", "restart", "unfreeze")
+    ],
+    (
+        "admin",
+        "POST",
+        "/api/optimization/traffic",
+        {"task_type": "qa", "percent": 100, "reason": "r"},
+    ),
+    (
+        "admin",
+        "POST",
+        "/api/optimization/budget-waiver",
+        {"task_type": "qa", "percent": 5, "reason": "r"},
+    ),
 ]
 
 
@@ -521,7 +536,11 @@ class Broken(Optimizer):
 
 def test_fail_open_forwards_the_callers_request_and_counts_it(make: Make, tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    h = make(optimizer=Broken(list(settings.tasks.values())))
+    built = build_loop(settings.tasks, open_store(settings.database_url))
+    broken = Broken(
+        settings.tasks, built.optimizer.store, rollout=built.rollout, budgets=built.budgets
+    )
+    h = make(loop=Loop(broken, built.rollout, built.budgets, built.alerts))
     response = h.chat(temperature=None, top_p=0.3)
     assert response.status_code == 200
     assert response.headers["x-paramloop-mode"] == "fail_open"
@@ -608,6 +627,11 @@ def test_operations_endpoints(h: Harness) -> None:
     assert sum(b["decisions"] for b in evolution["buckets"]) == 3
     dashboard = h.get("/api/optimization/dashboard", "read").json()
     assert set(dashboard) >= {"status", "metrics", "convergence", "parameter_evolution"}
+    assert [
+        (r["task_type"], r["phase"], r["traffic_percent"], r["budget_level"])
+        for r in dashboard["rollout"]
+    ] == [("qa", "general", 100.0, "ok"), ("rated", "general", 100.0, "ok")]
+    assert dashboard["rollout"][0]["slo_verdict"] in ("ok", "inconclusive", "breach")
     text = h.get("/metrics", "read").text
     for name in (
         "paramloop_decisions_total",
@@ -615,7 +639,9 @@ def test_operations_endpoints(h: Harness) -> None:
         "paramloop_reward_bucket",
         "paramloop_http_request_duration_seconds_bucket",
         "paramloop_upstream_duration_seconds_bucket",
-        'paramloop_phase{phase="general"} 1.0',
+        'paramloop_phase{phase="general",task_type="qa"} 1.0',
+        'paramloop_phase{phase="shadow",task_type="qa"} 0.0',
+        'paramloop_treatment_traffic_percent{task_type="qa"} 100.0',
         "paramloop_tokens_total",
         "paramloop_cost_dollars_total",
     ):
@@ -632,9 +658,11 @@ def test_operations_endpoints(h: Harness) -> None:
         ("/api/optimization/logs?task_type=qa&limit=0", 422),
         ("/api/optimization/parameter-evolution?task_type=qa&buckets=1000", 422),
         ("/api/optimization/convergence?task_type=poetry", 404),
-        ("/api/optimization/slo-status", 501),
-        ("/api/optimization/rollout-status", 501),
-        ("/api/optimization/compliance-status", 501),
+        ("/api/optimization/slo-status?task_type=poetry", 404),
+        ("/api/optimization/rollout-status?task_type=poetry", 404),
+        ("/api/optimization/compliance-status?task_type=poetry", 404),
+        ("/api/optimization/alerts?task_type=poetry", 404),
+        ("/api/optimization/alerts?limit=0", 422),
         ("/api/optimization/nowhere", 404),
     ],
 )
@@ -657,8 +685,6 @@ def test_approvals_need_a_passed_report_and_name_the_caller(h: Harness) -> None:
     assert response.status_code == 201 and response.json()["actor"] == "admin-bot"
     records = h.get("/api/optimization/audit-logs?kind=gate_approval", "read").json()["records"]
     assert [(r["actor"], r["reason"]) for r in records] == [("admin-bot", "lift holds")]
-    for path in ("/api/optimization/rollback", "/api/optimization/advance"):
-        assert_error(h.post(path, None), 501, "rollout controller")
 
 
 def test_health_reports_an_unavailable_store(h: Harness) -> None:

@@ -6,8 +6,11 @@ from typing import Any
 
 import pytest
 
+from paramloop.core.rollout import Phase
 from paramloop.core.space import ModelRule, TrustRegion
 from paramloop.engine import Optimizer, task
+from paramloop.engine.config import TaskConfig
+from paramloop.engine.loop import build_loop
 from paramloop.engine.service import (
     Price,
     PriceTable,
@@ -40,9 +43,8 @@ class Clock:
         return self.now
 
 
-def make_service(**options: Any) -> tuple[Service, Clock]:
-    clock = Clock()
-    tasks = [
+def make_tasks() -> list[TaskConfig]:
+    return [
         task(
             "qa",
             baseline=Params("small", temperature=0.4, max_tokens=32),
@@ -68,7 +70,19 @@ def make_service(**options: Any) -> tuple[Service, Clock]:
             reward_wait_s=WAIT_S,
         ),
     ]
-    optimizer = Optimizer(tasks, MemoryDecisionLog(), clock=clock)
+
+
+def make_service(
+    initial: dict[str, tuple[Phase, float]] | None = None, **options: Any
+) -> tuple[Service, Clock]:
+    """A service on an optimizer alone, or with ``initial``, on a whole loop placed there."""
+    clock = Clock()
+    if initial is None:
+        optimizer = Optimizer(make_tasks(), MemoryDecisionLog(), clock=clock)
+    else:
+        optimizer = build_loop(
+            make_tasks(), MemoryDecisionLog(), clock=clock, initial=initial
+        ).optimizer
     prices = PriceTable({"small": Price(input_per_mtok=1.0, output_per_mtok=2.0)})
     return Service(optimizer, prices=prices, clock=clock, **options), clock
 
@@ -129,15 +143,42 @@ def test_a_pinned_parameter_is_overridden_when_configured() -> None:
     assert plan.body.get("temperature") == plan.decision.params.temperature != 1.9
 
 
-def test_disabled_and_outside_traffic_forward_as_sent() -> None:
+def test_disabled_forwards_as_sent_and_logs_nothing() -> None:
     off, _ = make_service(enabled=False)
     assert off.plan("qa", {}, body(), request_id="a").mode == "disabled"
-    none, _ = make_service(traffic_percentage=0.0)
-    assert none.plan("qa", {}, body(), request_id="a").mode == "outside_traffic"
-    half, _ = make_service(traffic_percentage=50.0)
-    share = sum(half.in_traffic(f"id-{i}") for i in range(4000)) / 4000
-    assert 0.46 < share < 0.54
-    assert all(half.in_traffic("same") == half.in_traffic("same") for _ in range(3))
+    assert off.optimizer.store.count_decisions() == 0
+
+
+def test_shadow_serves_the_baseline_and_logs_the_policys_choice() -> None:
+    service, _ = make_service({"qa": (Phase.SHADOW, 0.0)})
+    baseline = service.optimizer.config("qa").space.baseline
+    for i in range(20):
+        plan = service.plan("qa", {}, body(), request_id=f"s{i}")
+        assert plan.mode == "control" and plan.decision is not None
+        decision = plan.decision
+        assert (decision.phase, decision.params, decision.propensity) == ("shadow", baseline, 1.0)
+        assert decision.intended_arm is not None
+        assert (plan.body["model"], plan.body["temperature"]) == ("small", 0.4)
+        assert service.optimizer.store.get_decision(f"s{i}") == decision
+
+
+def test_the_rollout_splits_by_unit_and_every_propensity_is_the_mixture() -> None:
+    service, _ = make_service({"qa": (Phase.GUARDED, 50.0)})
+    baseline_arm = service.optimizer.config("qa").space.baseline_arm
+    modes: dict[str, set[str]] = {}
+    for i in range(200):
+        unit = f"user-{i % 20}"
+        plan = service.plan("qa", {}, body(), request_id=f"g{i}", unit_id=unit)
+        decision = plan.decision
+        assert decision is not None and decision.phase == "guarded"
+        modes.setdefault(unit, set()).add(plan.mode)
+        if plan.mode == "control":  # t·π(b|x) + (1 − t): at least the control share
+            assert decision.arm == baseline_arm and decision.intended_arm is not None
+            assert decision.propensity >= 0.5
+        elif decision.arm != baseline_arm:  # t·π(a|x): at most the treatment share
+            assert decision.propensity <= 0.5 and decision.intended_arm is None
+    assert all(len(seen) == 1 for seen in modes.values())  # a unit stays in its group
+    assert {mode for seen in modes.values() for mode in seen} == {"optimized", "control"}
 
 
 def test_bad_input_raises_before_anything_is_logged() -> None:

@@ -4,9 +4,12 @@
 OpenAI-compatible proxy needs and a plain library call does not:
 
 * :meth:`Service.plan` turns a caller's chat-completion body into the body sent
-  upstream: paramloop's parameters for the task type (per-model rules applied),
-  or the caller's own when the caller pinned a parameter paramloop manages and
-  the task type respects pins (:class:`ProxyOptions`).
+  upstream: the optimizer's decision for the task type (per-model rules
+  applied), or the caller's own parameters when the caller pinned one
+  paramloop manages and the task type respects pins (:class:`ProxyOptions`).
+  Which units get the policy's choice and which the baseline is the rollout
+  controller's business (phase and traffic split, inside
+  :meth:`Optimizer.recommend`), so every logged propensity is the optimizer's.
 * :meth:`Service.measure` and :meth:`Service.finish` turn what was measured of
   the call (latency, tokens, cost from a :class:`PriceTable`, error) into the
   outcome, at once (``feedback = "none"``) or, for task types that await
@@ -28,7 +31,6 @@ import math
 import os
 import threading
 import time
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,8 +38,9 @@ from typing import Any, Literal
 
 import orjson
 
+from paramloop.core.budget import Spend
 from paramloop.core.space import NUMERIC_DIMS
-from paramloop.engine.optimizer import Optimizer
+from paramloop.engine.optimizer import Optimizer, token_cap
 from paramloop.errors import (
     ConfigError,
     ConflictingOutcomeError,
@@ -45,7 +48,7 @@ from paramloop.errors import (
     LateOutcomeError,
     UnknownRequestError,
 )
-from paramloop.types import Decision, Outcome, Params, RecordedOutcome
+from paramloop.types import Decision, FeatureValue, Outcome, Params, RecordedOutcome
 
 FeedbackMode = Literal["none", "await"]
 PinnedMode = Literal["respect", "override"]
@@ -62,8 +65,12 @@ TUNED_FIELDS: Mapping[str, str] = {
     "frequency_penalty": "frequency_penalty",
     "presence_penalty": "presence_penalty",
 }
-#: How a proxied request ended up being served.
-ProxyMode = Literal["optimized", "pinned", "disabled", "outside_traffic", "fail_open"]
+#: How a proxied request ended up being served: ``optimized`` (the policy's choice,
+#: logged), ``control`` (the baseline in place of the policy's choice, logged with it
+#: as ``intended_arm``: a control unit, shadow, a rolled-back or frozen rollout, a
+#: budget that refused the choice), ``pinned`` and ``disabled`` (as sent, unlogged),
+#: ``fail_open`` (as sent: paramloop failed).
+ProxyMode = Literal["optimized", "control", "pinned", "disabled", "fail_open"]
 
 _RECENT = 2_000  # decisions kept per task type for the status pages
 
@@ -133,6 +140,18 @@ class PriceTable:
         ) * price.output_per_mtok
         return round(dollars / 1e6, 12)
 
+    def spend_cap(self, params: Params, context: Mapping[str, FeatureValue]) -> Spend:
+        """The most one call can spend: prompt tokens + ``max_tokens``, priced (for budgets).
+
+        >>> PriceTable({"m": Price(1.0, 2.0)}).spend_cap(Params("m", max_tokens=500), {"prompt_tokens": 1000})
+        Spend(tokens=1500.0, cost=0.002)
+        """
+        tokens = token_cap(params, context)
+        prompt = context.get("prompt_tokens", 0)
+        prompt_tokens = int(prompt) if isinstance(prompt, int | float) else 0
+        cost = self.cost(params.model, prompt_tokens, int(tokens.tokens) - prompt_tokens)
+        return Spend(tokens.tokens, cost or 0.0)
+
 
 @dataclass(frozen=True, slots=True)
 class ProxyPlan:
@@ -163,6 +182,8 @@ class _Served:
     propensity: float
     confidence: float
     origin: str
+    phase: str
+    intended_arm: int | None
     reward: float | None = None
 
 
@@ -184,6 +205,8 @@ class Activity:
             decision.propensity,
             decision.confidence,
             decision.origin,
+            decision.phase,
+            decision.intended_arm,
         )
         with self._lock:
             self._recent.setdefault(decision.task_type, deque(maxlen=self._size)).append(served)
@@ -206,8 +229,9 @@ class Service:
     """The optimizer behind the HTTP service (decision API and proxy).
 
     ``proxy`` holds per-task-type :class:`ProxyOptions` (default: none awaited,
-    pins respected); ``enabled`` false and ``traffic_percentage`` below 100
-    send (some) proxied requests out as the caller sent them, unlogged.
+    pins respected); with ``enabled`` false every proxied request goes out as
+    the caller sent it and nothing is logged.  The traffic split is the
+    optimizer's rollout controller's (give the optimizer one: :func:`~paramloop.engine.loop.build_loop`).
     """
 
     def __init__(
@@ -217,7 +241,6 @@ class Service:
         proxy: Mapping[str, ProxyOptions] | None = None,
         prices: PriceTable | None = None,
         enabled: bool = True,
-        traffic_percentage: float = 100.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         options = dict(proxy or {})
@@ -227,15 +250,10 @@ class Service:
                 f"service.tasks.{unknown[0]}",
                 f"no such task type; configured: {', '.join(optimizer.task_types)}",
             )
-        if not 0.0 <= traffic_percentage <= 100.0:
-            raise ConfigError(
-                "traffic_percentage", f"must be in [0, 100], got {traffic_percentage!r}"
-            )
         self.optimizer = optimizer
         self.options = {name: options.get(name, ProxyOptions()) for name in optimizer.task_types}
         self.prices = prices if prices is not None else PriceTable()
         self.enabled = enabled
-        self.traffic_percentage = traffic_percentage
         self.clock = clock
         self.activity = Activity()
         self._managed = {name: _managed_fields(optimizer, name) for name in optimizer.task_types}
@@ -249,9 +267,12 @@ class Service:
         *,
         request_id: str | None = None,
         seed: int | None = None,
+        unit_id: str | None = None,
     ) -> Decision:
         """As :meth:`Optimizer.recommend`, remembered for the status pages."""
-        decision = self.optimizer.recommend(task_type, context, request_id=request_id, seed=seed)
+        decision = self.optimizer.recommend(
+            task_type, context, request_id=request_id, seed=seed, unit_id=unit_id
+        )
         self.activity.decided(decision)
         return decision
 
@@ -331,13 +352,15 @@ class Service:
         body: Mapping[str, Any],
         *,
         request_id: str,
+        unit_id: str | None = None,
     ) -> ProxyPlan:
         """The upstream body of a proxied chat completion, with its decision.
 
-        ``body`` is the caller's request without paramloop's own fields.  Input
-        errors (unknown task type, a bad context) raise; so does anything that
-        fails inside, which the caller answers by forwarding ``body`` as it is
-        (fail-open).
+        ``body`` is the caller's request without paramloop's own fields;
+        ``unit_id`` (default: the request id) is what the rollout buckets into
+        treatment or control.  Input errors (unknown task type, a bad context)
+        raise; so does anything that fails inside, which the caller answers by
+        forwarding ``body`` as it is (fail-open).
         """
         self.optimizer.config(task_type)  # raises UnknownTaskTypeError
         options, managed = self.options[task_type], self._managed[task_type]
@@ -349,27 +372,18 @@ class Service:
         as_sent = dict(body)
         if not self.enabled:
             return ProxyPlan(request_id, task_type, as_sent, "disabled", pinned=pinned)
-        if not self.in_traffic(request_id):
-            return ProxyPlan(request_id, task_type, as_sent, "outside_traffic", pinned=pinned)
         if pinned and options.pinned == "respect":
             return ProxyPlan(request_id, task_type, as_sent, "pinned", pinned=pinned)
         full = self.context_of(task_type, context, body)
-        decision = self.recommend(task_type, full, request_id=request_id)
+        decision = self.recommend(task_type, full, request_id=request_id, unit_id=unit_id)
         return ProxyPlan(
             request_id,
             task_type,
             upstream_body(body, decision.params, managed),
-            "optimized",
+            "optimized" if decision.intended_arm is None else "control",
             decision=decision,
             pinned=pinned,
         )
-
-    def in_traffic(self, request_id: str) -> bool:
-        """Whether a request id falls in the optimized share of traffic (a stable hash)."""
-        if self.traffic_percentage >= 100.0:
-            return True
-        bucket = zlib.crc32(request_id.encode()) % 10_000
-        return bucket < self.traffic_percentage * 100
 
     def context_of(
         self, task_type: str, context: Mapping[str, object], body: Mapping[str, Any]
@@ -573,6 +587,8 @@ def served_rows(activity: Activity, task_type: str, limit: int) -> list[dict[str
             "params": s.params.to_dict(),
             "propensity": s.propensity,
             "origin": s.origin,
+            "phase": s.phase,
+            "intended_arm": s.intended_arm,
             "reward": s.reward,
         }
         for s in reversed(recent)

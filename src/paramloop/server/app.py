@@ -1,8 +1,10 @@
 """The HTTP service: decision API, operations endpoints, OpenAI-compatible proxy.
 
-``create_app(settings)`` builds one FastAPI app (there is no module-level app).
-Routes parse, call the engine (:class:`~paramloop.engine.service.Service`),
-render; authentication is one dependency per role (:mod:`paramloop.server.auth`),
+``create_app(settings)`` builds one FastAPI app (there is no module-level app)
+around one loop (:func:`~paramloop.engine.loop.build_loop`: optimizer, rollout
+controller, budgets, alerts).  Routes parse, call the engine
+(:class:`~paramloop.engine.service.Service` and the loop), render;
+authentication is one dependency per role (:mod:`paramloop.server.auth`),
 errors are JSON bodies in OpenAI's shape, and one pure ASGI middleware limits
 body sizes, times requests for Prometheus, opens a span when a tracer is
 given, and logs one JSON line per request.  See ``docs/service.md``.
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,16 +31,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from paramloop.engine.optimizer import Optimizer
-from paramloop.engine.service import (
-    Service,
-)
+from paramloop.engine.alerts import AlertSink, WebhookSink, log_sink
+from paramloop.engine.loop import Loop, build_loop
+from paramloop.engine.rollout import PromotionRefusedError
+from paramloop.engine.service import Service
 from paramloop.errors import (
     ConflictingOutcomeError,
     DuplicateRequestError,
+    InputError,
     LateOutcomeError,
     ParamloopError,
+    StaleStateError,
     StoreError,
+    TransitionError,
     UnknownRequestError,
     UnknownTaskTypeError,
 )
@@ -55,9 +61,13 @@ from paramloop.server.models import (
     decision_json,
 )
 from paramloop.server.settings import Settings
+from paramloop.types import AlertRecord
 
 log = logging.getLogger("paramloop.server")
 T = TypeVar("T")
+
+#: The header naming a request's rollout unit (``unit_id``) when its body does not.
+UNIT_HEADER = "x-paramloop-unit-id"
 
 #: The published error responses, for the OpenAPI document.
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -76,9 +86,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 @dataclass
 class AppState:
-    """What the routes share: settings, the engine, metrics, the upstream client."""
+    """What the routes share: settings, the loop, the engine, metrics, the upstream client."""
 
     settings: Settings
+    loop: Loop
     service: Service
     metrics: Metrics
     http: httpx.AsyncClient
@@ -104,33 +115,50 @@ class AppState:
 def create_app(
     settings: Settings,
     *,
-    optimizer: Optimizer | None = None,
+    loop: Loop | None = None,
     tracer: Any = None,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The service for ``settings``; the store is opened (and migrated) now.
 
-    ``optimizer`` replaces the one built from ``settings`` (tests, embedding);
-    ``tracer`` is an OpenTelemetry tracer (spans are made only with one);
-    ``transport`` replaces the proxy's network transport (tests).
+    The loop is built from ``settings`` (:attr:`Settings.task_configs`; every new
+    rollout placed where :meth:`Settings.initial_rollouts` says; alerts to the log,
+    the optional webhook and the metrics).  ``loop`` replaces it (tests,
+    embedding): its alert manager gets the metrics and webhook sinks added.  ``tracer`` is an
+    OpenTelemetry tracer (spans are made only with one); ``transport`` replaces
+    the proxy's network transport (tests).
     """
-    if optimizer is None:
+    metrics = Metrics()
+    webhook = (
+        None
+        if settings.alert_webhook_url is None
+        else _Background(WebhookSink(settings.alert_webhook_url), metrics)
+    )
+    sinks: list[AlertSink] = (
+        [metrics.alert_sink] if webhook is None else [metrics.alert_sink, webhook]
+    )
+    if loop is None:
         from paramloop.store import open_store
 
-        optimizer = Optimizer(
-            list(settings.tasks.values()), open_store(settings.database_url), clock=clock
+        loop = build_loop(
+            settings.task_configs,
+            open_store(settings.database_url),
+            clock=clock,
+            sinks=[log_sink, *sinks],
+            spend_cap=settings.prices.spend_cap,
+            initial=settings.initial_rollouts(),
         )
+    else:
+        loop.alerts.sinks = (*loop.alerts.sinks, *sinks)
+    optimizer = loop.optimizer
     service = Service(
         optimizer,
         proxy=settings.proxy,
         prices=settings.prices,
-        enabled=settings.optimizing,
-        traffic_percentage=settings.traffic_percentage,
+        enabled=settings.enabled,
         clock=clock,
     )
-    metrics = Metrics()
-    metrics.phase.labels(settings.mode).set(1)
     for resource, limit in settings.budget.items():
         metrics.budget_limit.labels(resource).set(limit)
     for slo, target in settings.slo.items():
@@ -138,6 +166,7 @@ def create_app(
     backend = type(optimizer.store).__name__
     state = AppState(
         settings=settings,
+        loop=loop,
         service=service,
         metrics=metrics,
         http=httpx.AsyncClient(transport=transport, timeout=60.0, trust_env=False),
@@ -162,13 +191,17 @@ def create_app(
                 "task_types": list(settings.tasks),
                 "store": backend,
                 "auth": auth,
-                "mode": settings.mode,
                 "enabled": settings.enabled,
-                "traffic_percentage": settings.traffic_percentage,
+                "rollouts": {
+                    name: f"{s.phase} {s.traffic_percent:g} %"
+                    for name in loop.rollout.task_types
+                    for s in (loop.rollout.state(name),)
+                },
+                "alert_webhook": webhook is not None,
                 "upstreams": {m: u.base_url for m, u in settings.upstreams.items()},
             },
         )
-        expiring = asyncio.create_task(_expire_forever(state))
+        expiring = asyncio.create_task(_maintain_forever(state))
         try:
             yield
         finally:
@@ -176,6 +209,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await expiring
             await state.http.aclose()
+            if webhook is not None:
+                await run_in_threadpool(webhook.close)  # delivers the alerts still queued
             await run_in_threadpool(service.close)  # snapshots the policies, closes the store
             log.info("paramloop service stopped")
 
@@ -214,7 +249,11 @@ def _decision_routes(write: Routes, state: AppState) -> None:
 
     @write.post("/v1/recommend", tags=["decisions"], response_model=DecisionBody)
     async def recommend(body: RecommendRequest, request: Request) -> Response:
-        """Choose the parameters of one call; log the decision with its exact propensity."""
+        """Choose the parameters of one call; log the decision with its exact propensity.
+
+        The rollout buckets ``unit_id`` (or the ``X-Paramloop-Unit-Id`` header, else the
+        request id) into treatment or control; the propensity is the split's mixture.
+        """
         if not service.enabled:
             decision = await state.run(
                 service.baseline, body.task_type, body.context, request_id=body.request_id
@@ -229,6 +268,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
                 body.context,
                 request_id=body.request_id,
                 seed=body.seed,
+                unit_id=body.unit_id or unit_header(request),
             )
         request.state.request_id = decision.request_id
         metrics.decisions.labels(decision.task_type, decision.origin).inc()
@@ -264,15 +304,31 @@ def _decision_routes(write: Routes, state: AppState) -> None:
         return RecordedBody.of(recorded)
 
 
+def unit_header(request: Request) -> str | None:
+    """The ``X-Paramloop-Unit-Id`` header (≤ 200 characters), or ``None``."""
+    unit = request.headers.get(UNIT_HEADER)
+    if unit is not None and not 0 < len(unit) <= 200:
+        raise InputError("X-Paramloop-Unit-Id", "must be 1 to 200 characters")
+    return unit or None
+
+
 def observe_outcome(metrics: Metrics, task_type: str, source: str, reward: float) -> None:
     metrics.outcomes.labels(task_type, source).inc()
     metrics.rewards.labels(task_type).observe(reward)
 
 
-async def _expire_forever(state: AppState) -> None:
-    """Record the outcomes whose wait window closed, every ``expire_interval_s``."""
+async def _maintain_forever(state: AppState) -> None:
+    """Every ``expire_interval_s``: record the outcomes whose wait window closed, and
+    re-read the rollouts other replicas changed (so every replica routes alike)."""
     while True:
         await asyncio.sleep(state.settings.expire_interval_s)
+        try:
+            await run_in_threadpool(state.loop.rollout.refresh)
+        except Exception as exc:
+            state.metrics.errors.labels("refresh").inc()
+            log.error(
+                "re-reading the rollouts failed: %s", exc, extra={"error": type(exc).__name__}
+            )
         try:
             count = await run_in_threadpool(state.service.expire)
         except Exception as exc:
@@ -284,6 +340,35 @@ async def _expire_forever(state: AppState) -> None:
             log.info("recorded outcomes whose wait window closed", extra={"outcomes": count})
 
 
+class _Background:
+    """Deliver alerts to a slow sink (a webhook) from one worker thread, never in the request.
+
+    A failed delivery is logged and counted (``paramloop_errors_total{kind="alert_sink"}``).
+    """
+
+    def __init__(self, sink: AlertSink, metrics: Metrics) -> None:
+        self.sink = sink
+        self.metrics = metrics
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="paramloop-alerts")
+
+    def __call__(self, alert: AlertRecord) -> None:
+        self.pool.submit(self._deliver, alert)
+
+    def _deliver(self, alert: AlertRecord) -> None:
+        try:
+            self.sink(alert)
+        except Exception as exc:
+            self.metrics.errors.labels("alert_sink").inc()
+            log.warning(
+                "alert delivery failed: %s",
+                exc,
+                extra={"alert": alert.id, "error": type(exc).__name__},
+            )
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
 # -- errors ------------------------------------------------------------------------------
 
 
@@ -293,15 +378,26 @@ def error_response(
     kind: str,
     param: str | None = None,
     headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None, **extra}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+_CONFLICTS = (
+    DuplicateRequestError,
+    ConflictingOutcomeError,
+    LateOutcomeError,
+    PromotionRefusedError,
+    TransitionError,
+    StaleStateError,
+)
 
 
 def _status_of(exc: ParamloopError) -> tuple[int, str]:
     if isinstance(exc, UnknownTaskTypeError | UnknownRequestError):
         return 404, "not_found_error"
-    if isinstance(exc, DuplicateRequestError | ConflictingOutcomeError | LateOutcomeError):
+    if isinstance(exc, _CONFLICTS):
         return 409, "conflict_error"
     if isinstance(exc, StoreError):
         return 503, "server_error"
@@ -343,10 +439,20 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
         message = str(exc)
         notes = getattr(exc, "__notes__", None)
         param = notes[0] if notes else getattr(exc, "field", None) or getattr(exc, "feature", None)
+        extra: dict[str, Any] = {}
+        if isinstance(exc, PromotionRefusedError):
+            extra["requirements"] = [
+                {"name": r.name, "reason": r.reason} for r in exc.verdict.failed
+            ]
+        elif isinstance(exc, StaleStateError):
+            message = (
+                f"the {exc.kind} of {exc.key!r} changed meanwhile (another request or replica); "
+                "nothing was changed: read it again and retry"
+            )
         if status >= 500:
             state.metrics.errors.labels(type(exc).__name__).inc()
             log.error("request failed: %s", message, extra={"error": type(exc).__name__})
-        return error_response(status, message, kind, param)
+        return error_response(status, message, kind, param, **extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

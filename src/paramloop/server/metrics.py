@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from paramloop.core.rollout import Phase, RolloutState
 from paramloop.engine.optimizer import LoopStats
+from paramloop.types import AlertRecord
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -28,7 +33,7 @@ _REWARD_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 
 class Metrics:
-    """Decisions, outcomes, rewards, latencies, phase, budget use and errors."""
+    """Decisions, outcomes, rewards, latencies, rollouts, budget use, alerts and errors."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
@@ -83,7 +88,42 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.phase = Gauge("paramloop_phase", "1 for the current phase.", ["phase"], registry=r)
+        self.phase = Gauge(
+            "paramloop_phase",
+            "1 for the rollout's current phase of each task type, 0 for the others.",
+            ["task_type", "phase"],
+            registry=r,
+        )
+        self.traffic = Gauge(
+            "paramloop_treatment_traffic_percent",
+            "Share of units served the policy's choice (the rollout's treatment traffic).",
+            ["task_type"],
+            registry=r,
+        )
+        self.frozen = Gauge(
+            "paramloop_rollout_frozen",
+            "1 when the rollout may not advance (rollback, drift, inconclusive SLOs).",
+            ["task_type"],
+            registry=r,
+        )
+        self.budget_used = Gauge(
+            "paramloop_budget_used_fraction",
+            "Today's spent + reserved over the daily limit (waiver included).",
+            ["task_type", "resource"],
+            registry=r,
+        )
+        self.alerts = Counter(
+            "paramloop_alerts",
+            "Alerts raised by this process.",
+            ["task_type", "severity", "kind"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "paramloop_rollbacks",
+            "Rollbacks made by this process (by a rule or a person).",
+            ["task_type"],
+            registry=r,
+        )
         self.budget_limit = Gauge(
             "paramloop_budget_daily_limit", "Configured daily budget.", ["resource"], registry=r
         )
@@ -97,7 +137,29 @@ class Metrics:
             registry=r,
         )
 
-    def render(self, stats: LoopStats) -> bytes:
+    def alert_sink(self, alert: AlertRecord) -> None:
+        """An alert sink (:mod:`paramloop.engine.alerts`): count the alert, and rollbacks."""
+        self.alerts.labels(alert.task_type, alert.severity, alert.kind).inc()
+        if alert.kind == "rollback":
+            self.rollbacks.labels(alert.task_type).inc()
+
+    def render(
+        self,
+        stats: LoopStats,
+        rollouts: Mapping[str, RolloutState] | None = None,
+        budgets: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> bytes:
+        """The text exposition, with the gauges set from the rollouts and budget statuses now."""
+        for task_type, state in (rollouts or {}).items():
+            for phase in Phase:
+                self.phase.labels(task_type, str(phase)).set(int(state.phase is phase))
+            self.traffic.labels(task_type).set(state.traffic_percent)
+            self.frozen.labels(task_type).set(int(state.frozen))
+        for task_type, status in (budgets or {}).items():
+            for resource, limit in (status.get("limits") or {}).items():
+                if limit:
+                    used = status["spent"][resource] + status["reserved"][resource]
+                    self.budget_used.labels(task_type, resource).set(used / limit)
         for name in (
             "decisions",
             "outcomes",

@@ -28,6 +28,13 @@ class RecommendRequest(_Body):
     context: dict[str, ContextValue] = Field(default_factory=dict, max_length=200)
     request_id: str | None = Field(default=None, min_length=1, max_length=200)
     seed: int | None = Field(default=None, ge=0, lt=2**63)
+    unit_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Who the rollout buckets into treatment or control (a user id keeps a user "
+        "in one group); default the X-Paramloop-Unit-Id header, else the request id.",
+    )
 
 
 class DecisionBody(BaseModel):
@@ -46,6 +53,10 @@ class DecisionBody(BaseModel):
     policy_revision: int
     origin: str
     phase: str
+    intended_arm: int | None = Field(
+        default=None,
+        description="The policy's choice when the baseline was served instead (control, shadow).",
+    )
     applied: bool
     logged: bool
     context_fingerprint: str = Field(description="Unsigned 64-bit, as a decimal string.")
@@ -71,6 +82,7 @@ def decision_json(decision: Decision, *, logged: bool = True) -> dict[str, Any]:
         "policy_revision": decision.policy_revision,
         "origin": decision.origin,
         "phase": decision.phase,
+        "intended_arm": decision.intended_arm,
         "applied": decision.applied,
         "logged": logged,
         "context_fingerprint": str(decision.context_fingerprint),
@@ -145,11 +157,43 @@ class ApprovalRequest(_Body):
     reason: str = Field(min_length=1, max_length=2000)
 
 
+TaskType = Field(min_length=1, max_length=200)
+Reason = Field(min_length=1, max_length=2000, description="Why: kept in the audit record.")
+
+
+class RolloutAction(_Body):
+    """``advance``, ``pause``, ``resume``, ``restart``, ``unfreeze``: a task type and why."""
+
+    task_type: str = TaskType
+    reason: str = Reason
+
+
+class RollbackRequest(RolloutAction):
+    """``rollback``: one phase down (``previous``) or to baseline-only; default the plan's choice."""
+
+    to: Literal["previous", "baseline"] | None = None
+
+
+class TrafficRequest(RolloutAction):
+    """``traffic``: the treatment share within the current phase's bounds."""
+
+    percent: float = Field(ge=0, le=100)
+
+
+class WaiverRequest(RolloutAction):
+    """``budget-waiver``: raise today's limits by ``percent`` (at most the task's threshold)."""
+
+    percent: float = Field(ge=0, le=1000)
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None = None
     code: str | None = None
+    requirements: list[dict[str, Any]] | None = Field(
+        default=None, description="A refused promotion: the requirements that failed."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -165,7 +209,6 @@ ErrorKind = Literal[
     "not_found_error",
     "conflict_error",
     "request_too_large",
-    "not_implemented",
     "upstream_error",
     "server_error",
 ]

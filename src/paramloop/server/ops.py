@@ -1,22 +1,33 @@
 """Operations endpoints: ``/health``, Prometheus ``/metrics`` and ``/api/optimization/*``.
 
-Read routes answer from the engine and the store; the rollout and budget
-routes (``slo-status``, ``rollout-status``, ``compliance-status``,
-``rollback``, ``advance``) are published with their roles and answer 501 until
-the rollout controller lands.
+Read routes answer from the engine and the store; the rollout routes read and
+move the loop's :class:`~paramloop.engine.rollout.RolloutController` and
+:class:`~paramloop.engine.budgets.BudgetManager`.  Every admin action names the
+caller's key as the actor, and the engine appends its audit record with the
+change.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
 
+from paramloop.core.rollout import RolloutState
 from paramloop.engine.service import convergence, parameter_evolution, served_rows
 from paramloop.server.auth import Principal
-from paramloop.server.models import ApprovalRequest
+from paramloop.server.models import (
+    ApprovalRequest,
+    RollbackRequest,
+    RolloutAction,
+    TrafficRequest,
+    WaiverRequest,
+)
+from paramloop.types import AlertRecord
 
 if TYPE_CHECKING:
     from paramloop.server.app import AppState
@@ -24,7 +35,9 @@ if TYPE_CHECKING:
     from paramloop.store.base import Store
 
 _PREFIX = "/api/optimization"
-_LATER = "needs the rollout controller, which this version of paramloop does not have yet"
+_DAY_S = 86_400.0
+#: Alerts read for the compliance summary (the newest; ``truncated`` says when there were more).
+_ALERTS_SUMMARIZED = 1_000
 TaskTypeQuery = Annotated[
     str | None, Query(max_length=200, description="One task type (default: all).")
 ]
@@ -34,6 +47,21 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
     settings, service, metrics = state.settings, state.service, state.metrics
     optimizer = service.optimizer
     store = cast("Store", optimizer.store)  # every paramloop store keeps the audit log too
+    rollout, budgets = state.loop.rollout, state.loop.budgets
+
+    def rollout_summary(name: str) -> dict[str, Any]:
+        status = rollout.status(name)
+        rollout_state = status["state"]
+        return {
+            "task_type": name,
+            "phase": rollout_state["phase"],
+            "traffic_percent": rollout_state["traffic_percent"],
+            "frozen": rollout_state["frozen_reason"],
+            "recommendations_frozen": status["recommendations_frozen"],
+            "slo_verdict": status["slo"]["verdict"],
+            "promotion_ready": status["promotion"]["ready"],
+            "budget_level": str(budgets.level(name)),
+        }
 
     def task_types(task_type: str | None) -> list[str]:
         if task_type is None:
@@ -63,11 +91,19 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
     metrics_router = public if settings.public_metrics else read
 
+    def render() -> bytes:
+        names = optimizer.task_types
+        return metrics.render(
+            optimizer.stats,
+            {n: rollout.state(n) for n in names},
+            {n: budgets.status(n) for n in names if budgets.limits.get(n)},
+        )
+
     @metrics_router.get("/metrics", tags=["operations"], response_class=Response)
     async def prometheus() -> Response:
         """Prometheus text exposition of this process's metrics."""
         return Response(
-            metrics.render(optimizer.stats), media_type="text/plain; version=0.0.4; charset=utf-8"
+            await state.run(render), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
     def status_body() -> dict[str, Any]:
@@ -76,8 +112,8 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             "service": "paramloop",
             "uptime_s": round(time.time() - state.started, 3),
             "enabled": settings.enabled,
+            # where a new rollout starts; a stored rollout keeps its own phase (tasks[].rollout)
             "mode": settings.mode,
-            "optimizing": settings.optimizing,
             "traffic_percentage": settings.traffic_percentage,
             "auth": "disabled" if settings.auth_disabled else "keys",
             "store": {"backend": type(store).__name__, **store_probe()},
@@ -99,8 +135,14 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
                     "reward_wait_s": optimizer.config(name).reward_wait_s,
                     "feedback": service.options[name].feedback,
                     "pinned": service.options[name].pinned,
+                    "rollout": {
+                        "phase": str(rollout_state.phase),
+                        "traffic_percent": rollout_state.traffic_percent,
+                        "frozen": rollout_state.frozen_reason,
+                    },
                 }
                 for name in optimizer.task_types
+                for rollout_state in (rollout.state(name),)
             ],
             "slo": dict(settings.slo),
             "budget": dict(settings.budget),
@@ -153,9 +195,10 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
                     n: parameter_evolution(service.activity, n, 20) for n in names
                 },
                 "baseline_parameters": [_baseline(optimizer, n) for n in names],
+                "rollout": [rollout_summary(n) for n in names],
             }
 
-        return await state.run(build)
+        return json_safe(await state.run(build))
 
     @read.get(f"{_PREFIX}/baseline-parameters", tags=["operations"])
     async def baseline_parameters(task_type: TaskTypeQuery = None) -> dict[str, Any]:
@@ -200,7 +243,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
         kind: Annotated[str | None, Query(max_length=200)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> dict[str, Any]:
-        """The append-only audit trail (approvals, later phase changes and rollbacks), newest first."""
+        """The append-only audit trail (approvals, phase changes, rollbacks, waivers), newest first."""
         records = await state.run(store.list_provenance, task_type, kind, limit)
         return {
             "records": [
@@ -251,36 +294,193 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             "actor": record.actor,
         }
 
-    for path, router, method in (
-        ("slo-status", read, "GET"),
-        ("rollout-status", read, "GET"),
-        ("compliance-status", read, "GET"),
-        ("rollback", admin, "POST"),
-        ("advance", admin, "POST"),
+    @read.get(f"{_PREFIX}/rollout-status", tags=["rollout"])
+    async def rollout_status(task_type: TaskTypeQuery = None) -> dict[str, Any]:
+        """Per task type: phase, traffic, freezes, SLOs, windows, promotion requirements, drift."""
+
+        def build() -> dict[str, Any]:
+            return {"tasks": [json_safe(rollout.status(n)) for n in task_types(task_type)]}
+
+        return await state.run(build)
+
+    @read.get(f"{_PREFIX}/slo-status", tags=["rollout"])
+    async def slo_status(task_type: TaskTypeQuery = None) -> dict[str, Any]:
+        """Per task type: the SLO verdict of the phase, each rule's figures, and the windows."""
+
+        def build() -> dict[str, Any]:
+            rows = []
+            for name in task_types(task_type):
+                status = rollout.status(name)
+                rows.append(
+                    {
+                        "task_type": name,
+                        "phase": status["state"]["phase"],
+                        "traffic_percent": status["state"]["traffic_percent"],
+                        "verdict": status["slo"]["verdict"],
+                        "rules": status["slo"]["rules"],
+                        "windows": status["windows"],
+                    }
+                )
+            return json_safe({"tasks": rows})
+
+        return await state.run(build)
+
+    @read.get(f"{_PREFIX}/compliance-status", tags=["rollout"])
+    async def compliance_status(task_type: TaskTypeQuery = None) -> dict[str, Any]:
+        """Budgets of today, hard-constraint breaches and alerts of the last 24 hours."""
+
+        def build() -> dict[str, Any]:
+            names = task_types(task_type)
+            since = rollout.clock() - _DAY_S
+            by_origin = _by_label(metrics, "paramloop_decisions", "task_type")
+            rows = []
+            for name in names:
+                reward = optimizer.config(name).reward
+                logged = store.summarize_log(
+                    name,
+                    since,
+                    max_latency_ms=reward.max_latency_ms,
+                    max_tokens=reward.max_tokens,
+                    max_cost=reward.max_cost,
+                )
+                rows.append(
+                    {
+                        "task_type": name,
+                        "budget": budgets.status(name),
+                        "constraints": {
+                            "window_s": _DAY_S,
+                            "decisions": logged.decisions,
+                            "outcomes": logged.outcomes,
+                            "violations": logged.violations,
+                            "budget_baseline_served": by_origin.get(name, {}).get(
+                                "budget:baseline", 0.0
+                            ),
+                        },
+                    }
+                )
+            recent = store.list_alerts(task_type, since=since, limit=_ALERTS_SUMMARIZED)
+            return json_safe({"tasks": rows, "alerts": _alert_summary(recent, _DAY_S)})
+
+        return await state.run(build)
+
+    @read.get(f"{_PREFIX}/alerts", tags=["rollout"])
+    async def alerts(
+        task_type: TaskTypeQuery = None,
+        since: Annotated[float | None, Query(ge=0, description="Epoch seconds.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> dict[str, Any]:
+        """Raised alerts (rollbacks, freezes, budget levels, low confidence), newest first."""
+        if task_type is not None:
+            task_types(task_type)
+        records = await state.run(store.list_alerts, task_type, since=since, limit=limit)
+        return json_safe({"alerts": [_alert(a) for a in records]})
+
+    def action(change: Callable[..., RolloutState], doc: str) -> Any:
+        async def endpoint(body: RolloutAction, request: Request) -> dict[str, Any]:
+            principal: Principal = request.state.principal
+            new = await state.run(change, body.task_type, actor=principal.name, reason=body.reason)
+            return {"task_type": body.task_type, "state": new.to_dict()}
+
+        endpoint.__doc__ = doc
+        endpoint.__name__ = change.__name__
+        return endpoint
+
+    for name, change, doc in (
+        (
+            "advance",
+            rollout.advance,
+            "Promote to the next phase when every requirement holds (the caller approves); "
+            "409 with the failed requirements otherwise.",
+        ),
+        ("pause", rollout.pause, "Hold an active phase: traffic stays, nothing advances."),
+        ("resume", rollout.resume, "Resume the paused phase (its clock restarts)."),
+        ("restart", rollout.restart, "Start again in shadow after a rollback."),
+        (
+            "unfreeze",
+            rollout.unfreeze,
+            "Thaw a freeze (drift, inconclusive SLOs, a step back) after review.",
+        ),
     ):
-        router.add_api_route(
-            f"{_PREFIX}/{path}",
-            _later(path),
-            methods=[method],
-            tags=["operations (later)"],
-            responses={501: {"description": "Not implemented yet: " + _LATER}},
+        admin.add_api_route(
+            f"{_PREFIX}/{name}", action(change, doc), methods=["POST"], tags=["rollout"]
         )
 
+    @admin.post(f"{_PREFIX}/rollback", tags=["rollout"])
+    async def rollback(body: RollbackRequest, request: Request) -> dict[str, Any]:
+        """Roll back now: one phase down (``previous``) or to baseline-only (default: the plan's)."""
+        principal: Principal = request.state.principal
+        new = await state.run(
+            rollout.rollback, body.task_type, actor=principal.name, reason=body.reason, to=body.to
+        )
+        return {"task_type": body.task_type, "state": new.to_dict()}
 
-def _later(name: str) -> Any:
-    async def later() -> JSONResponse:
-        body = {
-            "error": {
-                "message": f"{name} {_LATER}",
-                "type": "not_implemented",
-                "param": None,
-                "code": None,
-            }
-        }
-        return JSONResponse(body, status_code=501)
+    @admin.post(f"{_PREFIX}/traffic", tags=["rollout"])
+    async def traffic(body: TrafficRequest, request: Request) -> dict[str, Any]:
+        """Set the treatment share within the current phase's bounds (422 outside them)."""
+        principal: Principal = request.state.principal
+        new = await state.run(
+            rollout.set_traffic,
+            body.task_type,
+            body.percent,
+            actor=principal.name,
+            reason=body.reason,
+        )
+        return {"task_type": body.task_type, "state": new.to_dict()}
 
-    later.__name__ = name.replace("-", "_")
-    return later
+    @admin.post(f"{_PREFIX}/budget-waiver", tags=["rollout"])
+    async def budget_waiver(body: WaiverRequest, request: Request) -> dict[str, Any]:
+        """Raise today's budget limits by ``percent`` (at most the task type's threshold: 422)."""
+        principal: Principal = request.state.principal
+
+        def waive() -> dict[str, Any]:
+            budgets.waive(body.task_type, body.percent, actor=principal.name, reason=body.reason)
+            return budgets.status(body.task_type)
+
+        return {"task_type": body.task_type, "budget": json_safe(await state.run(waive))}
+
+
+def json_safe(document: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain JSON data: NaN and infinities (open bounds, unlimited amounts) become ``None``."""
+    return cast("dict[str, Any]", _finite(document))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _alert(alert: AlertRecord) -> dict[str, Any]:
+    return {
+        "id": alert.id,
+        "severity": alert.severity,
+        "kind": alert.kind,
+        "task_type": alert.task_type,
+        "message": alert.message,
+        "evidence": dict(alert.evidence),
+        "created_at": alert.created_at,
+    }
+
+
+def _alert_summary(alerts: list[AlertRecord], window_s: float) -> dict[str, Any]:
+    """Counts by severity and kind, and the latest few, of alerts newest first."""
+    by_severity: dict[str, int] = {}
+    by_kind: dict[str, int] = {}
+    for alert in alerts:
+        by_severity[alert.severity] = by_severity.get(alert.severity, 0) + 1
+        by_kind[alert.kind] = by_kind.get(alert.kind, 0) + 1
+    return {
+        "window_s": window_s,
+        "total": len(alerts),
+        "truncated": len(alerts) >= _ALERTS_SUMMARIZED,
+        "by_severity": by_severity,
+        "by_kind": by_kind,
+        "latest": [_alert(a) for a in alerts[:10]],
+    }
 
 
 def _baseline(optimizer: Any, task_type: str) -> dict[str, Any]:

@@ -3,6 +3,9 @@
 The caller names the task type and context in the request's ``metadata``
 (``paramloop_task_type``, and ``paramloop_context`` as a JSON object or a JSON
 string) or in the ``X-Paramloop-Task-Type`` / ``X-Paramloop-Context`` headers.
+The rollout's unit (who is bucketed into treatment or control) is the
+``X-Paramloop-Unit-Id`` header, else ``metadata.paramloop_unit_id``, else
+OpenAI's ``user`` field, else the request id.
 The engine (:meth:`Service.plan`) decides the body sent upstream; this module
 only moves bytes, times the call and reads the usage.  When paramloop itself
 fails, the caller's request goes upstream as it was sent (fail-open, counted);
@@ -27,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from paramloop.engine.service import ProxyPlan, prompt_hash
 from paramloop.errors import InputError, ParamloopError
+from paramloop.server.app import UNIT_HEADER
 from paramloop.server.settings import ANY_MODEL
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ CONTEXT_HEADER = "x-paramloop-context"
 REQUEST_ID_HEADER = "x-paramloop-request-id"
 META_TASK = "paramloop_task_type"
 META_CONTEXT = "paramloop_context"
+META_UNIT = "paramloop_unit_id"
 
 
 class ChatCompletionBody(BaseModel):
@@ -54,7 +59,8 @@ class ChatCompletionBody(BaseModel):
     metadata: dict[str, Any] | None = Field(
         default=None,
         description=f"`{META_TASK}` names the task type; `{META_CONTEXT}` holds the context "
-        "(a JSON object, or a string of one). Both are removed before the request goes upstream.",
+        f"(a JSON object, or a string of one); `{META_UNIT}` names the rollout unit (default: "
+        "`user`, else the request id). They are removed before the request goes upstream.",
     )
 
 
@@ -84,16 +90,18 @@ def register(read: Routes, write: Routes, state: AppState) -> None:
         """Optimize the call's parameters, forward it upstream, measure it, log it.
 
         The answer is the upstream's, with ``X-Paramloop-Request-Id`` (for ``/v1/feedback``)
-        and ``X-Paramloop-Mode`` (optimized, pinned, disabled, outside_traffic, fail_open).
+        and ``X-Paramloop-Mode`` (optimized, control, pinned, disabled, fail_open).
         """
         sent = body.model_dump(exclude_unset=True)
-        task_type, context = _task_and_context(sent, request.headers, settings.default_task_type)
+        task_type, context, unit_id = _task_and_context(
+            sent, request.headers, settings.default_task_type
+        )
         request_id = request.headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
         request.state.request_id = request_id
         try:
             with state.span("paramloop.plan", task_type=task_type):
                 plan = await state.run(
-                    service.plan, task_type, context, sent, request_id=request_id
+                    service.plan, task_type, context, sent, request_id=request_id, unit_id=unit_id
                 )
         except ParamloopError as exc:
             if isinstance(exc, ValueError | LookupError):
@@ -123,20 +131,30 @@ def register(read: Routes, write: Routes, state: AppState) -> None:
 
 def _task_and_context(
     body: dict[str, Any], headers: Mapping[str, str], default_task_type: str | None
-) -> tuple[str, dict[str, Any]]:
-    """Take paramloop's fields out of ``body`` (in place) and return the task type and context."""
+) -> tuple[str, dict[str, Any], str | None]:
+    """Take paramloop's fields out of ``body`` (in place): the task type, context and unit id."""
     metadata = body.get("metadata")
     task_type = headers.get(TASK_HEADER)
     raw_context: Any = headers.get(CONTEXT_HEADER)
     where = "X-Paramloop-Context"
+    unit: Any = None
+    unit_where = f"metadata.{META_UNIT}"
     if isinstance(metadata, dict):
         meta_task = metadata.pop(META_TASK, None)
         if meta_task is not None:
             task_type = meta_task
         if META_CONTEXT in metadata:
             raw_context, where = metadata.pop(META_CONTEXT), f"metadata.{META_CONTEXT}"
+        unit = metadata.pop(META_UNIT, None)
         if not metadata:
             del body["metadata"]
+    if headers.get(UNIT_HEADER) is not None:
+        unit, unit_where = headers[UNIT_HEADER], "X-Paramloop-Unit-Id"
+    if unit is not None and (not isinstance(unit, str) or not 0 < len(unit) <= 200):
+        raise InputError(unit_where, "must be a string of 1 to 200 characters")
+    user = body.get("user")
+    if unit is None and isinstance(user, str) and user:
+        unit = user  # OpenAI's end-user id: sent upstream as it is
     task_type = task_type if task_type is not None else default_task_type
     if not isinstance(task_type, str) or not task_type:
         raise InputError(
@@ -144,7 +162,7 @@ def _task_and_context(
             "name the task type in the request's metadata or the X-Paramloop-Task-Type header",
         )
     if raw_context is None:
-        return task_type, {}
+        return task_type, {}, unit
     if isinstance(raw_context, str):
         try:
             raw_context = orjson.loads(raw_context)
@@ -152,7 +170,7 @@ def _task_and_context(
             raise InputError(where, f"is not valid JSON: {exc}") from None
     if not isinstance(raw_context, dict):
         raise InputError(where, "must be a JSON object of context features")
-    return task_type, raw_context
+    return task_type, raw_context, unit
 
 
 def _wants_usage(body: Mapping[str, Any]) -> bool:

@@ -10,6 +10,15 @@ environment variable, raised at start-up, never at the first request.
 API keys are configured as SHA-256 hex digests (``printf '%s' "$KEY" | sha256sum``),
 never in clear; upstream API keys are read from the environment variable each
 upstream names, and never printed (``repr`` hides them).
+
+``LLM_OPTIMIZATION_MODE`` (+ ``LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE``) only says
+where a task type's rollout *starts* when the store has none yet
+(:meth:`Settings.initial_rollouts`); once a rollout is stored, its stored phase
+and traffic win, and changing the variable and restarting changes nothing: move
+a rollout with the operations endpoints (advance, rollback, traffic, …), which
+leave an audit record.  ``LLM_OPTIMIZATION_ENABLED=false`` turns paramloop into a
+pass-through whatever the rollout says.  The ``[service.slo]`` and
+``[service.budget]`` values apply to every task type (:attr:`Settings.task_configs`).
 """
 
 from __future__ import annotations
@@ -20,11 +29,13 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from paramloop.core.budget import BudgetLimits
 from paramloop.core.policies import POLICIES
+from paramloop.core.rollout import Phase, traffic_problem
 from paramloop.engine.config import TaskConfig, parse_config
 from paramloop.engine.service import (
     FEEDBACK_MODES,
@@ -44,6 +55,7 @@ MODES = ("shadow", "canary", "guarded", "general")
 ANY_MODEL = "*"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_URL = re.compile(r"https?://[^/\s]+")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -79,8 +91,10 @@ class Settings:
     api_keys: tuple[ApiKey, ...] = ()
     auth_disabled: bool = False
     enabled: bool = True
+    #: The phase a task type's rollout starts in when the store has none (``LLM_OPTIMIZATION_MODE``).
     mode: str = "general"
-    traffic_percentage: float = 100.0
+    #: Its treatment traffic (``None``: the task type's plan's share for that phase).
+    traffic_percentage: float | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     proxy: Mapping[str, ProxyOptions] = field(default_factory=dict)
     default_task_type: str | None = None
@@ -91,6 +105,8 @@ class Settings:
     log_level: str = "info"
     slo: Mapping[str, float] = field(default_factory=dict)
     budget: Mapping[str, float] = field(default_factory=dict)
+    #: Where alerts are POSTed as JSON besides the log (``PARAMLOOP_ALERT_WEBHOOK_URL``).
+    alert_webhook_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -109,10 +125,20 @@ class Settings:
             )
         if self.mode not in MODES:
             raise ConfigError("LLM_OPTIMIZATION_MODE", f"must be one of {MODES}, got {self.mode!r}")
-        if not 0.0 <= self.traffic_percentage <= 100.0:
+        if self.traffic_percentage is not None:
+            if not 0.0 <= self.traffic_percentage <= 100.0:
+                raise ConfigError(
+                    "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE",
+                    f"must be in [0, 100], got {self.traffic_percentage!r}",
+                )
+            if problem := traffic_problem(Phase(self.mode), self.traffic_percentage):
+                raise ConfigError(
+                    "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE", f"{problem} (LLM_OPTIMIZATION_MODE)"
+                )
+        if self.alert_webhook_url is not None and not _URL.match(self.alert_webhook_url):
             raise ConfigError(
-                "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE",
-                f"must be in [0, 100], got {self.traffic_percentage!r}",
+                "PARAMLOOP_ALERT_WEBHOOK_URL",
+                "must be an http(s) URL such as https://hooks.example.com/paramloop",
             )
         if self.default_task_type is not None and self.default_task_type not in self.tasks:
             raise ConfigError(
@@ -140,10 +166,53 @@ class Settings:
         if len({key.sha256 for key in self.api_keys}) != len(self.api_keys):
             raise ConfigError("service.api_keys", "two keys have the same digest")
 
+    def initial_rollouts(self) -> dict[str, tuple[Phase, float]]:
+        """Where each task type's rollout starts when the store has none yet: mode and traffic.
+
+        Only a *new* rollout is placed there; a stored rollout keeps its own phase.
+        """
+        phase = Phase(self.mode)
+        return {
+            name: (
+                phase,
+                self.traffic_percentage
+                if self.traffic_percentage is not None
+                else config.rollout.plan.traffic_percent(phase),
+            )
+            for name, config in self.tasks.items()
+        }
+
     @property
-    def optimizing(self) -> bool:
-        """Whether requests are optimized at all (enabled, and not in shadow mode)."""
-        return self.enabled and self.mode != "shadow"
+    def task_configs(self) -> dict[str, TaskConfig]:
+        """The task types with the service-wide SLO and budget values applied to every one.
+
+        ``slo.latency_p99_ms`` is the treatment's absolute p99 cap, ``slo.quality_min``
+        the lowest treatment quality as a share of the control's, ``slo.error_rate_max``
+        the highest treatment error rate; ``budget.daily_tokens`` and
+        ``budget.daily_cost`` are each task type's daily limits.  A value given here
+        replaces the task type's own; the others keep theirs.
+        """
+        slo: dict[str, Any] = {}
+        if "latency_p99_ms" in self.slo:
+            slo["latency_p99_max_ms"] = self.slo["latency_p99_ms"]
+        if "quality_min" in self.slo:
+            slo["quality_drop"] = 1.0 - self.slo["quality_min"]
+            slo["quality_drop_relative"] = True
+        if "error_rate_max" in self.slo:
+            slo["error_rate_max"] = self.slo["error_rate_max"]
+        budget: dict[str, Any] = {
+            limit: self.budget[key]
+            for key, limit in (("daily_tokens", "tokens_per_day"), ("daily_cost", "cost_per_day"))
+            if key in self.budget
+        }
+        out = {}
+        for name, config in self.tasks.items():
+            rollout = config.rollout
+            if slo:
+                rollout = replace(rollout, slo=replace(rollout.slo, **slo))
+            limits = replace(config.budget or BudgetLimits(), **budget) if budget else config.budget
+            out[name] = replace(config, rollout=rollout, budget=limits)
+        return out
 
     def upstream_for(self, model: str) -> Upstream | None:
         """The upstream of ``model``, else the one for every model (``"*"``), else ``None``."""
@@ -219,6 +288,7 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "log_level",
         "slo",
         "budget",
+        "alert_webhook_url",
     }
     _only(body, known, "service")
     out: dict[str, Any] = {}
@@ -242,6 +312,7 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ("expire_interval_s", "PARAMLOOP_EXPIRE_INTERVAL_S", _positive),
         ("public_metrics", "PARAMLOOP_PUBLIC_METRICS", _bool),
         ("log_level", "PARAMLOOP_LOG_LEVEL", _log_level),
+        ("alert_webhook_url", "PARAMLOOP_ALERT_WEBHOOK_URL", _url),
     ):
         found = pick(key, variable)
         if found is not None:
@@ -271,9 +342,9 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         _table(body.get("slo", {}), "service.slo"),
         env,
         {
-            "latency_p99_ms": ("SLO_LATENCY_P99_MS", math.inf),
-            "quality_min": ("SLO_QUALITY_MIN", 1.0),
-            "error_rate_max": ("SLO_ERROR_RATE_MAX", 1.0),
+            "latency_p99_ms": ("SLO_LATENCY_P99_MS", "(0, inf)"),
+            "quality_min": ("SLO_QUALITY_MIN", "(0, 1]"),
+            "error_rate_max": ("SLO_ERROR_RATE_MAX", "[0, 1)"),
         },
         "service.slo",
     )
@@ -281,8 +352,8 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         _table(body.get("budget", {}), "service.budget"),
         env,
         {
-            "daily_tokens": ("BUDGET_DAILY_TOKENS", math.inf),
-            "daily_cost": ("BUDGET_DAILY_COST", math.inf),
+            "daily_tokens": ("BUDGET_DAILY_TOKENS", "(0, inf)"),
+            "daily_cost": ("BUDGET_DAILY_COST", "(0, inf)"),
         },
         "service.budget",
     )
@@ -338,7 +409,7 @@ def _upstreams(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Ups
 def _upstream(where: str, spec: Any, env: Mapping[str, str]) -> Upstream:
     _only(spec, {"base_url", "api_key_env", "timeout_s"}, where)
     base_url = spec.get("base_url")
-    if not isinstance(base_url, str) or not re.match(r"https?://[^/\s]+", base_url):
+    if not isinstance(base_url, str) or not _URL.match(base_url):
         raise ConfigError(
             f"{where}.base_url",
             f"must be an http(s) URL such as http://host:8081/v1, got {base_url!r}",
@@ -378,12 +449,14 @@ def _price(model: str, body: Any) -> Price:
 def _limits(
     body: Mapping[str, Any],
     env: Mapping[str, str],
-    spec: Mapping[str, tuple[str, float]],
+    spec: Mapping[str, tuple[str, str]],
     where: str,
 ) -> dict[str, float]:
+    """Each key's number from the environment or the table, checked against its interval
+    (written as the error message shows it: ``"(0, 1]"`` excludes 0, includes 1)."""
     _only(body, set(spec), where)
     out: dict[str, float] = {}
-    for key, (variable, high) in spec.items():
+    for key, (variable, interval) in spec.items():
         if env.get(variable, "") != "":
             origin, value = variable, env[variable]
         elif key in body:
@@ -391,8 +464,11 @@ def _limits(
         else:
             continue
         number = _number(origin, value)
-        if not 0.0 <= number <= high:
-            raise ConfigError(origin, f"must be in [0, {high:g}], got {value!r}")
+        low, high = (float(x) for x in interval[1:-1].split(", "))
+        above = number > low if interval[0] == "(" else number >= low
+        below = number < high if interval[-1] == ")" else number <= high
+        if not (above and below):
+            raise ConfigError(origin, f"must be in {interval}, got {value!r}")
         out[key] = number
     return out
 
@@ -413,6 +489,13 @@ def _text(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(where, f"must be a non-empty string, got {value!r}")
     return value.strip()
+
+
+def _url(where: str, value: Any) -> str:
+    url = _text(where, value)
+    if not _URL.match(url):
+        raise ConfigError(where, f"must be an http(s) URL, got {url!r}")
+    return url
 
 
 def _bool(where: str, value: Any) -> bool:
