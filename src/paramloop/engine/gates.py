@@ -23,8 +23,12 @@ def check(evaluation: Evaluation, thresholds: GateThresholds | None = None) -> l
     candidate = primary.candidate if primary is not None else None
     results = [
         gates.min_decisions(evaluation.n, t.min_decisions),
+        # A refused estimate still has an ESS; show it when it is what fell short.
         gates.min_ess(
-            None if candidate is None or candidate.support != "ok" else candidate.ess, t.min_ess
+            None
+            if candidate is None or (candidate.support != "ok" and candidate.ess >= t.min_ess)
+            else candidate.ess,
+            t.min_ess,
         ),
         gates.improvement(
             None if primary is None else primary.lower_bound,

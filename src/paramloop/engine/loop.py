@@ -76,7 +76,10 @@ def build_loop(
     optimizer_ref: list[Optimizer] = []
 
     def policy_version(task_type: str) -> str:
-        return optimizer_ref[0].policy(task_type).label if optimizer_ref else "unknown"
+        # Before the optimizer exists (a rollout created at start-up): the configured policy.
+        return (
+            optimizer_ref[0].policy(task_type).label if optimizer_ref else tasks[task_type].policy
+        )
 
     rollout = RolloutController(
         store,
