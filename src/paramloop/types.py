@@ -343,3 +343,15 @@ class AlertRecord:
     dedup_key: str
     created_at: float
     id: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The alert as JSON data (what sinks send and the service returns)."""
+        return {
+            "id": self.id,
+            "severity": self.severity,
+            "kind": self.kind,
+            "task_type": self.task_type,
+            "message": self.message,
+            "evidence": dict(self.evidence),
+            "created_at": self.created_at,
+        }

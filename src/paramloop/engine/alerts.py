@@ -32,7 +32,7 @@ def log_sink(alert: AlertRecord) -> None:
     level = {"critical": logging.ERROR, "warning": logging.WARNING}.get(
         alert.severity, logging.INFO
     )
-    logger.log(level, json.dumps(_payload(alert), sort_keys=True))
+    logger.log(level, json.dumps(alert.to_dict(), sort_keys=True))
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class WebhookSink:
     def __call__(self, alert: AlertRecord) -> None:
         request = urllib.request.Request(
             self.url,
-            data=json.dumps(_payload(alert)).encode(),
+            data=json.dumps(alert.to_dict()).encode(),
             headers={"Content-Type": "application/json", **dict(self.headers)},
             method="POST",
         )
@@ -93,15 +93,3 @@ class AlertManager:
                 self.failures += 1
                 logger.warning("alert sink %r failed: %s", sink, exc)
         return record
-
-
-def _payload(alert: AlertRecord) -> dict[str, object]:
-    return {
-        "id": alert.id,
-        "severity": alert.severity,
-        "kind": alert.kind,
-        "task_type": alert.task_type,
-        "message": alert.message,
-        "evidence": dict(alert.evidence),
-        "created_at": alert.created_at,
-    }

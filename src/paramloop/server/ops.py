@@ -373,7 +373,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
         if task_type is not None:
             task_types(task_type)
         records = await state.run(store.list_alerts, task_type, since=since, limit=limit)
-        return json_safe({"alerts": [_alert(a) for a in records]})
+        return json_safe({"alerts": [a.to_dict() for a in records]})
 
     def action(change: Callable[..., RolloutState], doc: str) -> Any:
         async def endpoint(body: RolloutAction, request: Request) -> dict[str, Any]:
@@ -454,18 +454,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _alert(alert: AlertRecord) -> dict[str, Any]:
-    return {
-        "id": alert.id,
-        "severity": alert.severity,
-        "kind": alert.kind,
-        "task_type": alert.task_type,
-        "message": alert.message,
-        "evidence": dict(alert.evidence),
-        "created_at": alert.created_at,
-    }
-
-
 def _alert_summary(alerts: list[AlertRecord], window_s: float) -> dict[str, Any]:
     """Counts by severity and kind, and the latest few, of alerts newest first."""
     by_severity: dict[str, int] = {}
@@ -479,7 +467,7 @@ def _alert_summary(alerts: list[AlertRecord], window_s: float) -> dict[str, Any]
         "truncated": len(alerts) >= _ALERTS_SUMMARIZED,
         "by_severity": by_severity,
         "by_kind": by_kind,
-        "latest": [_alert(a) for a in alerts[:10]],
+        "latest": [a.to_dict() for a in alerts[:10]],
     }
 
 
