@@ -89,8 +89,9 @@ while True:
 """
 
 
-def read_acks(child: subprocess.Popen[bytes], wanted: int) -> list[str]:
-    """Complete ack lines from ``child`` until ``wanted`` decisions were acknowledged."""
+def read_acks(child: subprocess.Popen[bytes], wanted: int) -> tuple[list[str], bytes]:
+    """Complete ack lines from ``child`` until ``wanted`` decisions were acknowledged,
+    and the start of the next line, already read."""
     assert child.stdout is not None
     selector = selectors.DefaultSelector()
     selector.register(child.stdout, selectors.EVENT_READ)
@@ -110,7 +111,7 @@ def read_acks(child: subprocess.Popen[bytes], wanted: int) -> list[str]:
             lines.extend(line.decode() for line in complete)
     finally:
         selector.close()
-    return lines
+    return lines, buffer
 
 
 def test_acknowledged_writes_survive_kill_9(
@@ -132,13 +133,19 @@ def test_acknowledged_writes_survive_kill_9(
             stderr=stderr,
             env=env,
         )
+        partial = b""
         try:
-            acks = read_acks(child, ACKS_BEFORE_KILL)
+            acks, partial = read_acks(child, ACKS_BEFORE_KILL)
         finally:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
             assert child.stdout is not None
+            # Acks the child wrote before it died but we had not read yet are
+            # acknowledged writes too (a cut-off last line is not).
+            rest = partial + child.stdout.read()
             child.stdout.close()
+        *complete, _cut_off = rest.split(b"\n")
+        acks += [line.decode() for line in complete]
     assert child.returncode == -signal.SIGKILL, (tmp_path / "child.err").read_text()
 
     decisions = [Decision.from_dict(json.loads(a[2:])) for a in acks if a.startswith("D ")]
