@@ -232,6 +232,21 @@ def serving(app: Any, *, lifespan: Literal["on", "off"] = "off") -> Iterator[str
 
 
 @pytest.fixture
+def local_model() -> Path:
+    """The SmolLM2 model file (skips, or fails in CI, when it or llama.cpp is missing)."""
+    return local_model_path()
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A loopback port that was free a moment ago (for a server in another process)."""
+    sock = free_socket()
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+@pytest.fixture
 def serve_app() -> Callable[..., AbstractContextManager[str]]:
     """``with serve_app(app) as url:`` runs ``app`` on a free port for the block."""
     return serving

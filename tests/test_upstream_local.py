@@ -8,9 +8,7 @@ Without llama-cpp-python (or the model) the tests skip, or fail when ``CI=true``
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,41 +21,10 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from paramloop.errors import ConfigError
-from paramloop.server.upstream_local import default_model_path
-
 MAX_TOKENS = 24
 PROMPT: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Write one sentence about the sea."}
 ]
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
-def _model_path() -> Path:
-    try:
-        import llama_cpp  # noqa: F401
-    except ImportError as exc:
-        _unavailable(
-            f"llama-cpp-python is not importable ({exc}); `make install` builds it "
-            "(pip install 'paramloop[llm]' with CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF')"
-        )
-    try:
-        return default_model_path()
-    except ConfigError as exc:
-        _unavailable(str(exc))
-        raise
-
-
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
 
 
 @pytest.fixture(scope="module")
@@ -232,12 +199,9 @@ def test_a_client_that_leaves_mid_stream_does_not_block_the_next(
     assert text.strip()
 
 
-def test_the_cli_serves_the_model(tmp_path: Path) -> None:
-    model = _model_path()
+def test_the_cli_serves_the_model(tmp_path: Path, local_model: Path, free_port: int) -> None:
+    model, port = local_model, free_port
     exe = shutil.which("paramloop", path=str(Path(sys.executable).parent)) or "paramloop"
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    sock.close()
     log = (tmp_path / "upstream.log").open("w")
     process = subprocess.Popen(
         [exe, "upstream", "local", "--port", str(port), "--model-path", str(model), "--seed", "1"],
