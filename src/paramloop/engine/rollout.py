@@ -333,8 +333,6 @@ class RolloutController:
         live = self._get(task_type)
         with live.lock:
             state = live.state
-            if state.phase is Phase.PAUSED:  # no bounds of its own: it holds the paused phase's
-                raise InputError("traffic_percent", f"{task_type!r} is paused: resume it first")
             if problem := traffic_problem(state.phase, percent):
                 raise InputError("traffic_percent", problem)
             new = replace(state, traffic_percent=float(percent), version=state.version + 1)
@@ -630,7 +628,7 @@ class RolloutController:
                 task_type=task_type,
                 actor=actor,
                 reason=reason,
-                evidence=_json_safe(evidence),
+                evidence=json_safe(evidence),
                 policy_versions={
                     "candidate": self._policy_version(task_type),
                     "baseline": "baseline",
@@ -690,14 +688,14 @@ def _check_actor(actor: str, reason: str) -> None:
         raise InputError("reason", "every production change says why")
 
 
-def _json_safe(value: Any) -> Any:
-    """Evidence as plain JSON data: NaN and infinities (open confidence bounds) become None."""
+def json_safe(value: Any) -> Any:
+    """Plain JSON data: NaN and infinities (open confidence bounds, unlimited amounts) become None."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -708,4 +706,5 @@ __all__: Sequence[str] = (
     "RolloutSettings",
     "Route",
     "group_of",
+    "json_safe",
 )

@@ -9,7 +9,6 @@ change.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -18,6 +17,7 @@ from fastapi import Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from paramloop.core.rollout import RolloutState
+from paramloop.engine.rollout import json_safe as finite_json
 from paramloop.engine.service import convergence, parameter_evolution, served_rows
 from paramloop.server.auth import Principal
 from paramloop.server.models import (
@@ -441,17 +441,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
 def json_safe(document: Mapping[str, Any]) -> dict[str, Any]:
     """Plain JSON data: NaN and infinities (open bounds, unlimited amounts) become ``None``."""
-    return cast("dict[str, Any]", _finite(document))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    return cast("dict[str, Any]", finite_json(document))
 
 
 def _alert_summary(alerts: list[AlertRecord], window_s: float) -> dict[str, Any]:
