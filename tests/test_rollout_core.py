@@ -24,6 +24,7 @@ from paramloop.core.rollout import (
     promotion_check,
     record_analysis,
     rollback_event,
+    traffic_problem,
     unfreeze,
 )
 from paramloop.errors import ConfigError, InputError, TransitionError
@@ -417,3 +418,10 @@ def test_without_a_control_group_inconclusive_analyses_never_freeze() -> None:
     assert not state.frozen and state.consecutive_inconclusives == 0
     _, event = record_analysis(state, plan, SLOVerdict.BREACH, 10.0)
     assert event is not None  # an absolute rule can still breach and roll back
+
+
+def test_a_paused_rollout_has_no_traffic_share_of_its_own() -> None:
+    assert (
+        traffic_problem(Phase.PAUSED, 3.0)
+        == "paused has no traffic share of its own: resume it first"
+    )

@@ -110,6 +110,8 @@ def allowed_events(phase: Phase) -> tuple[Event, ...]:
 
 def traffic_problem(phase: Phase, percent: float) -> str | None:
     """Why ``percent`` is not an allowed traffic share for ``phase`` (``None`` if it is)."""
+    if phase not in TRAFFIC_BOUNDS:  # paused holds the share of the phase it paused
+        return f"{phase} has no traffic share of its own: resume it first"
     low, high, low_inclusive = TRAFFIC_BOUNDS[phase]
     if isinstance(percent, bool) or not isinstance(percent, float | int):
         return f"must be a number, got {percent!r}"
