@@ -365,9 +365,16 @@ def collapse(
         probs = policy.probabilities_many(X, arms, rng if policy.stochastic else None)
         target = (1.0 - exploration) * probs + exploration / len(arms)
         j = column[a]
-        p = np.where(j >= 0, target[np.arange(len(rows)), np.maximum(j, 0)], 0.0)
-        q_a = _logged_predictions(model, X, rows, a)
-        direct = np.einsum("ij,ij->i", target, model.predict(X, rows, arms))
+        here = np.arange(len(rows))
+        p = np.where(j >= 0, target[here, np.maximum(j, 0)], 0.0)
+        q = model.predict(X, rows, arms)
+        direct = np.einsum("ij,ij->i", target, q)
+        # q̂ of the logged arm: read from the feasible arms' predictions; an arm that is
+        # no longer feasible (the trust region moved) is predicted on its own.
+        q_a = q[here, np.maximum(j, 0)]
+        gone = np.flatnonzero(j < 0)
+        if gone.size:
+            q_a[gone] = _logged_predictions(model, X[gone], rows[gone], a[gone])
         cand_logged[rows], q_logged[rows] = p, q_a
         cand_other[rows] = _other(direct, p, q_a)
         p0 = (a == base_arm).astype(np.float64)
