@@ -38,10 +38,11 @@ def space_task(n_arms: int, policy: str, *, name: str = "bench", **options: obje
     )
     config = task(
         name,
+        preset="published",
         baseline=baseline,
         grids=grids,
         trust_region=TrustRegion(radius={}),
-        extra_features=[NumericFeature("user_score", cap=1.0, scale="linear")],
+        features=[NumericFeature("user_score", lower=0.0, upper=1.0)],
         policy=policy,
         **options,  # type: ignore[arg-type]
     )

@@ -26,7 +26,7 @@ def test_simulate_json_reports_every_task_type() -> None:
     result = run("simulate", "--rounds", "120", "--seed", "3", "--holdout", "30", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["policy"] == "linucb@1.0.0"
+    assert report["policy"] == "linucb@2.0.0"
     names = [t["task_type"] for t in report["tasks"]]
     assert len(names) >= 5 and len(set(names)) == len(names)
     for t in report["tasks"]:
@@ -79,6 +79,7 @@ def test_simulate_with_a_toml_config(tmp_path: Path) -> None:
     config.write_text(
         """
 [tasks.classification]
+preset = "published"
 policy = "thompson_gaussian"
 baseline = { model = "gpt-small", temperature = 0.3, max_tokens = 64 }
 space = { temperature = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5], max_tokens = [16, 32, 64] }

@@ -26,6 +26,7 @@ PHASES = ["shadow", "canary", "guarded", "general", "rolled_back"]
 #: default two days, so a second advance is refused.  A daily budget allows 20 % waivers.
 CONFIG = """
 [tasks.summarization]
+preset = "published"
 baseline = { model = "gpt-large", temperature = 0.5, max_tokens = 512 }
 space = { temperature = [0.3, 0.5, 0.7], max_tokens = [256, 512] }
 rollout = { shadow_min_s = 0, canary_confidence = 0.0, require_approval = false }

@@ -283,7 +283,7 @@ def test_gates_pass_persist_and_approve(uniform: MemoryDecisionLog) -> None:
     assert report.verdict == "pass" and uniform.latest_gate_report(TASK) == report
     record = approve(uniform, report.id, actor="alice", reason="lift holds on all estimators")
     assert record.kind == "gate_approval" and record.evidence["gate_report_id"] == report.id
-    assert record.policy_versions == {"candidate": "linucb@1.0.0", "baseline": "baseline"}
+    assert record.policy_versions == {"candidate": "linucb@2.0.0", "baseline": "baseline"}
     assert uniform.list_provenance(TASK) == [record]
 
 
@@ -372,6 +372,7 @@ def test_a_log_from_another_parameter_space_is_refused(exploring: MemoryDecision
 
     small = task(
         TASK,
+        preset="published",
         baseline=Params("gpt-large", temperature=0.5, max_tokens=512, top_p=0.9),
         grids={"temperature": [0.4, 0.5]},
         exploration=0.5,

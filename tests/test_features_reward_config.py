@@ -191,6 +191,7 @@ max_tokens_field = "max_completion_tokens"
 exploration = 0.1
 
 [tasks.summarize]
+preset = "published"
 policy = "lints"
 default_reward = 0.0
 reward_wait_s = 600

@@ -35,6 +35,7 @@ def tasks(**options: object) -> list:  # type: ignore[type-arg]
     return [
         task(
             "summarize",
+            preset="published",
             baseline=Params("gpt-small", temperature=0.3, max_tokens=256),
             grids={"temperature": [0.1, 0.2, 0.3, 0.4, 0.5], "max_tokens": [128, 256, 384]},
             reward_wait_s=60.0,
@@ -42,6 +43,7 @@ def tasks(**options: object) -> list:  # type: ignore[type-arg]
         ),
         task(
             "classify",
+            preset="published",
             baseline=Params("gpt-small", temperature=0.0, max_tokens=16),
             policy="baseline",
         ),
@@ -70,7 +72,7 @@ def test_decision_carries_everything_needed(opt: Optimizer, clock: Clock) -> Non
     assert d.request_id == "r1" and d.task_type == "summarize"
     assert d.params.model == "gpt-small" and d.params.seed == 42
     assert d.params.temperature in (0.1, 0.2, 0.3, 0.4, 0.5)
-    assert d.policy == "linucb@1.0.0" and d.origin == "bandit:linucb@1.0.0"
+    assert d.policy == "linucb@2.0.0" and d.origin == "bandit:linucb@2.0.0"
     assert d.policy_revision == 0 and d.timestamp == clock.now
     assert d.schema_version == 1 and d.error is None
     assert d.context["risk_tier"] == "high" and d.context_fingerprint > 0

@@ -234,23 +234,45 @@ def test_unknown_policy_and_bad_hyperparameters() -> None:
         make_policy("lints", design(), draws=0)
 
 
-def test_linear_update_matches_batch_ridge_solution() -> None:
-    """Sherman–Morrison + RLS updates equal the closed-form ridge solution."""
-    policy = make_policy("linucb", design())
+@pytest.mark.parametrize("model", ["shared", "per_arm"])
+def test_linear_update_matches_batch_ridge_solution(model: str) -> None:
+    """Sherman–Morrison + RLS updates, re-expressed at every change of standardization,
+    equal the closed-form ridge solution on the contexts standardized by the final statistics."""
+    scaled = ArmDesign(
+        features=design().features,
+        n_interacting=2,
+        context_dim=N_CONTEXT,
+        baseline=6,
+        scaled=(1, 2, 3),
+    )
+    policy = make_policy("linucb", scaled, model=model)
     assert isinstance(policy, LinUCB)
     rng = np.random.default_rng(9)
-    rows, rewards = [], []
-    for _ in range(300):
-        x = context(rng)
+    raw, arms, rewards = [], [], []
+    for _ in range(1024):  # the last update is a refresh point: statistics adopted
+        x = context(rng) * np.array([1.0, 50.0, 0.01, 3.0]) + np.array([0.0, -7.0, 2.0, 0.0])
         arm = int(rng.integers(12))
         reward = float(rng.random())
         policy.update(x, arm, reward)
-        rows.append(policy.project(x) @ policy.design.features[arm])
+        raw.append(x)
+        arms.append(arm)
         rewards.append(reward)
-    X, y = np.array(rows), np.array(rewards)
-    prior = np.diag(policy.prior_precision)
-    theta = np.linalg.solve(X.T @ X + prior, X.T @ (y - policy.prior_mean))
-    np.testing.assert_allclose(policy.theta, theta, atol=1e-9)
+    X = np.array(raw)
+    np.testing.assert_allclose(policy.center[1:], X[:, 1:].mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(policy.scale[1:], X[:, 1:].std(axis=0, ddof=1), rtol=1e-9)
+    Xs = policy.standardized(X)
+    y = np.array(rewards) - policy.arm_prior[np.array(arms)]
+    if model == "shared":
+        rows = np.array([policy.project(x) @ policy.design.features[a] for x, a in zip(Xs, arms)])
+        prior = np.diag(policy.prior_precision)
+        theta = np.linalg.solve(rows.T @ rows + prior, rows.T @ y)
+        np.testing.assert_allclose(policy.theta, theta, atol=1e-9)
+        return
+    for arm in range(12):
+        mine = np.array(arms) == arm
+        A = Xs[mine].T @ Xs[mine] + np.diag(policy.prior_precision)
+        theta = np.linalg.solve(A, Xs[mine].T @ y[mine])
+        np.testing.assert_allclose(policy.theta[arm], theta, atol=1e-9)
 
 
 def test_confidence_is_a_probability_of_beating_the_rival() -> None:

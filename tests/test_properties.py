@@ -53,6 +53,7 @@ def make_optimizer(policy: str, radius: float, exploration: float) -> Optimizer:
         [
             task(
                 "t",
+                preset="published",
                 baseline=Params("gpt-small", temperature=0.7, max_tokens=512, top_p=0.9),
                 grids={
                     "model": ["gpt-small", "o3-mini", "fixed-temp"],

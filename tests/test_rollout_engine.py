@@ -78,7 +78,7 @@ def build(
         store,
         {TASK: settings},
         baseline_arm={TASK: config.space.baseline_arm},
-        policy_version=lambda _: "linucb@1.0.0",
+        policy_version=lambda _: "linucb@2.0.0",
         clock=clock,
     )
     return Optimizer([config], store, clock=clock, rollout=controller), controller
@@ -86,7 +86,7 @@ def build(
 
 def pass_gates(store: Store, clock: Clock) -> None:
     store.save_gate_report(
-        GateReportRecord(TASK, "linucb@1.0.0", "baseline", "pass", {"gates": []}, clock.now)
+        GateReportRecord(TASK, "linucb@2.0.0", "baseline", "pass", {"gates": []}, clock.now)
     )
 
 
@@ -148,7 +148,7 @@ def test_promotion_needs_every_requirement_and_leaves_an_audit_trail() -> None:
     [record] = store.list_provenance(TASK, "promotion")
     assert (record.actor, record.reason) == ("alice", "gates passed")
     assert record.evidence["from"] == "shadow" and record.evidence["to"] == "canary"
-    assert record.policy_versions == {"candidate": "linucb@1.0.0", "baseline": "baseline"}
+    assert record.policy_versions == {"candidate": "linucb@2.0.0", "baseline": "baseline"}
 
     with pytest.raises(InputError, match=r"canary traffic must be in \(0, 5\]"):
         controller.set_traffic(TASK, 35.0, actor="alice", reason="too much")
@@ -353,9 +353,9 @@ DECISION = Decision(
     params=Params("gpt-small"),
     propensity=0.5,
     confidence=0.5,
-    policy="linucb@1.0.0",
+    policy="linucb@2.0.0",
     policy_revision=0,
-    origin="bandit:linucb@1.0.0",
+    origin="bandit:linucb@2.0.0",
     context={},
     context_fingerprint=0,
     timestamp=T0,

@@ -806,10 +806,12 @@ def test_settings_from_the_environment_override_the_file(tmp_path: Path) -> None
     path.write_text(
         """
 [tasks.qa]
+preset = "published"
 baseline = { model = "small", temperature = 0.4, max_tokens = 32 }
 space = { temperature = [0.0, 0.4, 0.8] }
 
 [tasks.pinned_policy]
+preset = "published"
 policy = "epsilon_greedy"
 baseline = { model = "small", temperature = 0.4 }
 

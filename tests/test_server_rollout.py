@@ -34,6 +34,7 @@ KEYS = {"read": "r-key", "write": "w-key", "admin": "a-key"}
 API = "/api/optimization"
 TOML = """
 [tasks.qa]
+preset = "published"
 baseline = { model = "small", temperature = 0.4, max_tokens = 32 }
 space = { temperature = [0.0, 0.4, 0.8], max_tokens = [16, 32] }
 reward_wait_s = 120
@@ -58,6 +59,7 @@ tokens_per_day = 100000
 max_waiver_percent = 20
 
 [tasks.chat]
+preset = "published"
 baseline = { model = "small", temperature = 0.7 }
 space = { temperature = [0.5, 0.7] }
 

@@ -47,6 +47,7 @@ def make_tasks() -> list[TaskConfig]:
     return [
         task(
             "qa",
+            preset="published",
             baseline=Params("small", temperature=0.4, max_tokens=32),
             grids={
                 "model": ["small", "reasoner"],
@@ -65,6 +66,7 @@ def make_tasks() -> list[TaskConfig]:
         ),
         task(
             "chat",
+            preset="published",
             baseline=Params("small", temperature=0.7, max_tokens=64),
             grids={"temperature": [0.5, 0.7]},
             reward_wait_s=WAIT_S,

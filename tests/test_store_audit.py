@@ -51,7 +51,7 @@ NESTED = {
 def make_report(**changes: Any) -> GateReportRecord:
     report = GateReportRecord(
         task_type="summarize",
-        candidate="linucb@1.0.0#r12",
+        candidate="linucb@2.0.0#r12",
         baseline="baseline@1",
         verdict="pass",
         report=NESTED,
@@ -67,7 +67,7 @@ def make_record(**changes: Any) -> ProvenanceRecord:
         actor="rule:auto-approve",
         reason="every gate passed — Ünïcödé reason",
         evidence={"gate_report_id": 7, "slo": {"p99_ms": 812.25, "error_rate": 1e-7}},
-        policy_versions={"candidate": "linucb@1.0.0", "baseline": "baseline@1"},
+        policy_versions={"candidate": "linucb@2.0.0", "baseline": "baseline@1"},
         timestamp=T0 + 0.1,
     )
     return replace(record, **changes)

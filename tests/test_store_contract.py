@@ -80,7 +80,7 @@ def make_decision(
         ),
         propensity=0.1 + 0.2,  # 0.30000000000000004: not a "round" float
         confidence=0.25,
-        policy="linucb@1.0.0",
+        policy="linucb@2.0.0",
         policy_revision=12,
         origin="bandit:linucb",
         context={"risk_tier": 2, "prompt_tokens": 431.5, "retry": False, "tags": ("a", "b")},
@@ -455,7 +455,7 @@ def test_evaluation_rows_are_the_applied_rows_with_an_outcome(store: DecisionLog
     rows = [row for chunk in store.iter_evaluation_rows("summarize") for row in chunk]
     assert sorted(row[4] for row in rows) == [0.03, 0.08, 0.11, 0.12, 0.2]
     assert json.loads(rows[0][3])["tags"] == ["a", "b"]
-    assert json.loads(rows[0][5])["seed"] == 7 and rows[0][6] == "linucb@1.0.0"
+    assert json.loads(rows[0][5])["seed"] == 7 and rows[0][6] == "linucb@2.0.0"
     assert list(store.iter_evaluation_rows("unknown_task")) == []
     with pytest.raises(ConfigError, match="chunk_size"):
         store.iter_evaluation_rows("summarize", chunk_size=0)
@@ -554,8 +554,8 @@ def test_count_decisions(store: DecisionLog) -> None:
 
 def test_latest_snapshot_is_the_last_saved_for_its_task_type(store: DecisionLog) -> None:
     assert store.latest_snapshot("summarize") is None
-    first = PolicySnapshot("summarize", "linucb@1.0.0", 1, 10, b"\x00\xffstate", T0)
-    second = PolicySnapshot("summarize", "linucb@1.0.0", 2, 25, bytes(range(256)) * 40, T0 + 1)
+    first = PolicySnapshot("summarize", "linucb@2.0.0", 1, 10, b"\x00\xffstate", T0)
+    second = PolicySnapshot("summarize", "linucb@2.0.0", 2, 25, bytes(range(256)) * 40, T0 + 1)
     other = PolicySnapshot("code_review", "thompson@1.0.0", 7, 3, b"", T0 + 2)
     for snapshot in (first, second, other):
         store.save_snapshot(snapshot)

@@ -53,7 +53,7 @@ while True:
         params=Params("gpt-4o-mini", temperature=(i % 10) / 7, max_tokens=256 + i),
         propensity=1 / (i + 2),
         confidence=(i % 3) / 3,
-        policy="linucb@1.0.0",
+        policy="linucb@2.0.0",
         policy_revision=i,
         origin="bandit:linucb",
         context={"i": i, "x": i / 3, "tags": ("a", str(i))},

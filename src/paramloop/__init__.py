@@ -5,19 +5,36 @@ an :class:`Optimizer` over a store, then ``recommend`` and ``record_outcome``.
 Importing paramloop imports no web framework and no database driver.
 """
 
-from paramloop.core.features import Featurizer, fingerprint, published_features
+from paramloop.core.features import (
+    BoolFeature,
+    CategoricalFeature,
+    CountFeature,
+    Feature,
+    Featurizer,
+    NumericFeature,
+    fingerprint,
+    published_features,
+)
 from paramloop.core.reward import RewardFunction
 from paramloop.core.space import ModelRule, ParameterSpace, TrustRegion
-from paramloop.engine import Optimizer, TaskConfig, load_config, task
+from paramloop.engine import ArmDistribution, Optimizer, TaskConfig, load_config, task
+from paramloop.engine.importers import ExternalRow, dsjson_rows, import_rows, obp_rows
 from paramloop.errors import ParamloopError
 from paramloop.types import Decision, Outcome, Params, RecordedOutcome
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArmDistribution",
+    "BoolFeature",
+    "CategoricalFeature",
+    "CountFeature",
     "Decision",
+    "ExternalRow",
+    "Feature",
     "Featurizer",
     "ModelRule",
+    "NumericFeature",
     "Optimizer",
     "Outcome",
     "ParameterSpace",
@@ -28,8 +45,11 @@ __all__ = [
     "TaskConfig",
     "TrustRegion",
     "__version__",
+    "dsjson_rows",
     "fingerprint",
+    "import_rows",
     "load_config",
+    "obp_rows",
     "published_features",
     "task",
 ]

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from paramloop.errors import OutcomeError
+from paramloop.errors import ConfigError, OutcomeError
 
 #: A raw context value as a caller gives it.
 FeatureValue = float | int | bool | str | tuple[str, ...]
@@ -29,6 +29,12 @@ class Params:
     A field is ``None`` when the model does not accept it (a reasoning model has
     no temperature); ``max_tokens_field`` names the request field that carries
     ``max_tokens`` for this model (``max_tokens`` or ``max_completion_tokens``).
+    ``choices`` holds the arm's levels of generic categorical dimensions (a route,
+    a tool, a retrieval strategy, a plain label): given as a mapping, kept as
+    sorted pairs; they are the caller's to apply and never enter the request.
+
+    >>> Params("m", choices={"route": "rag"}).choice("route")
+    'rag'
     """
 
     model: str
@@ -41,6 +47,31 @@ class Params:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     max_tokens_field: str = "max_tokens"
+    choices: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        choices: Any = self.choices
+        if isinstance(choices, Mapping):
+            choices = tuple(sorted(choices.items()))
+        elif not isinstance(choices, tuple):
+            choices = tuple(tuple(pair) for pair in choices)
+        for pair in choices:
+            if (
+                len(pair) != 2
+                or not isinstance(pair[0], str)
+                or not isinstance(pair[1], str)
+                or not pair[0]
+            ):
+                raise ConfigError("params.choices", f"must map names to strings, got {pair!r}")
+        if choices is not self.choices:
+            object.__setattr__(self, "choices", choices)
+
+    def choice(self, name: str) -> str:
+        """This arm's level of the generic dimension ``name`` (KeyError if it has none)."""
+        for key, value in self.choices:
+            if key == name:
+                return value
+        raise KeyError(name)
 
     def to_request(self) -> dict[str, Any]:
         """The keyword arguments of an OpenAI-compatible chat completion call.
@@ -73,6 +104,7 @@ class Params:
             "stop": list(self.stop),
             "seed": self.seed,
             "max_tokens_field": self.max_tokens_field,
+            "choices": dict(self.choices),
         }
 
     @classmethod
@@ -88,6 +120,7 @@ class Params:
             stop=tuple(data.get("stop") or ()),
             seed=data.get("seed"),
             max_tokens_field=str(data.get("max_tokens_field", "max_tokens")),
+            choices=tuple(sorted((data.get("choices") or {}).items())),
         )
 
 

@@ -1,8 +1,9 @@
 """Context: declared task features, a deterministic featurizer and a stable fingerprint.
 
 The published task features (risk tier, title length, …, prior failures) are
-declared by :func:`published_features`; users add their own numeric, boolean,
-count or categorical features.  :meth:`Featurizer.featurize` validates a raw
+declared by :func:`published_features`, a preset a task type opts into; users
+declare their own numeric, boolean, count or categorical features, and may let
+the featurizer hash keys nobody declared (``undeclared="hash"``).  :meth:`Featurizer.featurize` validates a raw
 context, maps it to a fixed-length vector (bias first) and fingerprints it with
 a 64-bit BLAKE2b hash of its canonical form, identical across processes,
 machines and Python versions.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -29,34 +30,56 @@ _log1p = math.log1p
 
 @dataclass(frozen=True, slots=True)
 class NumericFeature:
-    """A number ≥ ``lower``.  ``log`` scaling maps [0, cap] to [0, 1] by log1p; ``linear`` by (v−lower)/(cap−lower).
+    """A number, given in its natural scale: the linear policies standardize it online.
 
-    Values above ``cap`` saturate at 1 (a transform, not a correction: the
-    fingerprint keeps the raw value).  A missing value takes ``default``.
+    ``lower`` and ``upper`` (both optional) are a validity check: a value outside
+    is refused, never squeezed.  ``log`` encodes log1p(value) (for counts and
+    sizes spanning orders of magnitude; needs ``lower`` ≥ 0, and sets it to 0 when
+    left out).  A missing value takes ``default``.
     """
 
     name: str
-    cap: float
-    scale: str = "log"
-    lower: float = 0.0
+    lower: float | None = None
+    upper: float | None = None
+    log: bool = False
     default: float = 0.0
     integer: bool = False
-    _span: float = field(init=False, repr=False, compare=False, default=1.0)
 
     def __post_init__(self) -> None:
-        # The denominator of the encoding, computed once (encode runs on every request).
-        span = self.cap - self.lower
-        if math.isfinite(span) and span > 0:
-            object.__setattr__(self, "_span", math.log1p(span) if self.scale == "log" else span)
+        where = f"features.{self.name}"
+        for bound in ("lower", "upper", "default"):
+            value = getattr(self, bound)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+            ):
+                raise ConfigError(f"{where}.{bound}", f"must be a finite number, got {value!r}")
+        if not isinstance(self.log, bool) or not isinstance(self.integer, bool):
+            raise ConfigError(where, "`log` and `integer` must be true or false")
+        if self.log:
+            if self.lower is None:
+                object.__setattr__(self, "lower", 0.0)
+            elif self.lower < 0:
+                raise ConfigError(f"{where}.lower", f"must be >= 0 with log, got {self.lower!r}")
+        if self.lower is not None and self.upper is not None and self.upper <= self.lower:
+            raise ConfigError(f"{where}.upper", f"must be > lower ({self.lower:g})")
+        if not self._inside(self.default):
+            raise ConfigError(
+                f"{where}.default", f"must lie in the feature's range, got {self.default!r}"
+            )
 
     @property
     def width(self) -> int:
         return 1
 
+    def _inside(self, value: float) -> bool:
+        return (self.lower is None or value >= self.lower) and (
+            self.upper is None or value <= self.upper
+        )
+
     def validate(self, value: object) -> FeatureValue:
-        if (
-            type(value) is int and value >= self.lower
-        ):  # the common case, checked first: exact ints are finite
+        if type(value) is int and self._inside(value):  # the common case: exact ints are finite
             return value if self.integer else float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "an integer" if self.integer else "a number"
@@ -65,24 +88,23 @@ class NumericFeature:
             raise FeatureError(self.name, f"must be finite, got {value!r}")
         if self.integer and int(value) != value:
             raise FeatureError(self.name, f"must be a whole number, got {value!r}")
-        if value < self.lower:
-            raise FeatureError(self.name, f"must be >= {self.lower:g}, got {value!r}")
+        if not self._inside(value):
+            low = "-inf" if self.lower is None else f"{self.lower:g}"
+            high = "inf" if self.upper is None else f"{self.upper:g}"
+            raise FeatureError(self.name, f"must lie in [{low}, {high}], got {value!r}")
         return int(value) if self.integer else float(value)
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
-        v = value - self.lower  # type: ignore[operator]
-        scaled = (_log1p(v) if self.scale == "log" else v) / self._span
-        out.append(scaled if scaled < 1.0 else 1.0)
+        out.append(_log1p(value) if self.log else float(value))  # type: ignore[arg-type]
 
     def encode_column(self, values: list[Any]) -> FloatArray:
-        v = np.array(values, dtype=np.float64) - self.lower
-        scaled = (np.log1p(v) if self.scale == "log" else v) / self._span
-        return np.minimum(scaled, 1.0)[:, None]
+        v = np.array(values, dtype=np.float64)
+        return (np.log1p(v) if self.log else v)[:, None]
 
 
 @dataclass(frozen=True, slots=True)
 class BoolFeature:
-    """A boolean, encoded as 0/1."""
+    """A boolean, given as true/false or 0/1, encoded as 0/1."""
 
     name: str
     default: bool = False
@@ -92,11 +114,13 @@ class BoolFeature:
         return 1
 
     def validate(self, value: object) -> FeatureValue:
-        if not isinstance(value, bool):
-            raise FeatureError(
-                self.name, f"must be true or false, got {type(value).__name__} {value!r}"
-            )
-        return value
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | float) and value in (0, 1):
+            return bool(value)
+        raise FeatureError(
+            self.name, f"must be true/false or 0/1, got {type(value).__name__} {value!r}"
+        )
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
         out.append(1.0 if value else 0.0)
@@ -107,10 +131,12 @@ class BoolFeature:
 
 @dataclass(frozen=True, slots=True)
 class CountFeature:
-    """A count given either as a whole number or as a list of strings (its length counts)."""
+    """A count given either as a whole number or as a list of strings (its length counts).
+
+    Encoded as log1p(count), in its natural scale (the linear policies standardize it).
+    """
 
     name: str
-    cap: float
 
     @property
     def width(self) -> int:
@@ -132,74 +158,155 @@ class CountFeature:
         return value
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
-        count = len(value) if isinstance(value, tuple) else float(value)
-        out.append(min(math.log1p(count) / math.log1p(self.cap), 1.0))
+        out.append(math.log1p(len(value) if isinstance(value, tuple) else float(value)))
 
     def encode_column(self, values: list[Any]) -> FloatArray:
         # A list from JSON counts like the tuple it was logged as.
         counts = np.array(
             [len(v) if isinstance(v, tuple | list) else v for v in values], dtype=np.float64
         )
-        return np.minimum(np.log1p(counts) / math.log1p(self.cap), 1.0)[:, None]
+        return np.log1p(counts)[:, None]
+
+
+#: How a categorical feature treats a value outside its levels.
+UNKNOWN = ("error", "ignore", "other", "hash")
 
 
 @dataclass(frozen=True, slots=True)
 class CategoricalFeature:
-    """One of ``levels``, one-hot encoded.  ``unknown="error"`` rejects other values;
-    ``"ignore"`` encodes them as all zeros (useful for open sets such as model names)."""
+    """A string category, one-hot encoded.
+
+    With ``levels`` listed, ``unknown`` says what an unlisted value does:
+    ``"error"`` refuses it, ``"ignore"`` encodes it as all zeros, ``"other"``
+    sets one extra column.  ``unknown="hash"`` is an open vocabulary: no levels,
+    every value one-hot in ``buckets`` columns by a stable hash (collisions are
+    possible; raise ``buckets`` when there are many values).
+    """
 
     name: str
-    levels: tuple[str, ...]
+    levels: tuple[str, ...] = ()
     default: str | None = None
     unknown: str = "error"
+    buckets: int = 16
+
+    def __post_init__(self) -> None:
+        where = f"features.{self.name}"
+        if self.unknown not in UNKNOWN:
+            raise ConfigError(f"{where}.unknown", f"must be one of {', '.join(UNKNOWN)}")
+        if not all(isinstance(level, str) for level in self.levels):
+            raise ConfigError(f"{where}.levels", "must be strings")
+        if len(set(self.levels)) != len(self.levels):
+            raise ConfigError(f"{where}.levels", "must be distinct")
+        if self.unknown == "hash":
+            if self.levels:
+                raise ConfigError(
+                    f"{where}.levels", 'an open vocabulary (unknown = "hash") lists no levels'
+                )
+            if (
+                isinstance(self.buckets, bool)
+                or not isinstance(self.buckets, int)
+                or not 1 <= self.buckets <= 4096
+            ):
+                raise ConfigError(
+                    f"{where}.buckets", f"must be an integer in [1, 4096], got {self.buckets!r}"
+                )
+        elif not self.levels:
+            raise ConfigError(
+                f"{where}.levels", 'list the levels, or use unknown = "hash" for an open vocabulary'
+            )
+        if self.default is not None and not isinstance(self.default, str):
+            raise ConfigError(f"{where}.default", "must be a string")
 
     @property
     def width(self) -> int:
-        return len(self.levels)
+        if self.unknown == "hash":
+            return self.buckets
+        return len(self.levels) + (self.unknown == "other")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        if self.unknown == "hash":
+            return tuple(f"{self.name}#{i}" for i in range(self.buckets))
+        other = ("(other)",) if self.unknown == "other" else ()
+        return tuple(f"{self.name}={level}" for level in (*self.levels, *other))
 
     def validate(self, value: object) -> FeatureValue:
         if not isinstance(value, str):
             raise FeatureError(self.name, f"must be a string, got {type(value).__name__} {value!r}")
-        if value not in self.levels and self.unknown == "error":
+        if self.unknown == "error" and value not in self.levels:
             raise FeatureError(self.name, f"must be one of {', '.join(self.levels)}; got {value!r}")
         return value
 
+    def index(self, value: object) -> int:
+        """The column of ``value`` (−1: no column, all zeros)."""
+        if self.unknown == "hash":
+            return stable_hash(f"{self.name}={value}") % self.buckets
+        try:
+            return self.levels.index(value)
+        except ValueError:
+            return len(self.levels) if self.unknown == "other" else -1
+
     def encode(self, value: FeatureValue, out: list[float]) -> None:
-        for level in self.levels:
-            out.append(1.0 if value == level else 0.0)
+        row = [0.0] * self.width
+        column = self.index(value)
+        if column >= 0:
+            row[column] = 1.0
+        out.extend(row)
 
     def encode_column(self, values: list[Any]) -> FloatArray:
-        column = {level: i for i, level in enumerate(self.levels)}
-        index = np.array([column.get(v, -1) for v in values], dtype=np.intp)
-        out = np.zeros((len(values), len(self.levels)))
+        lookup = {value: self.index(value) for value in dict.fromkeys(values)}
+        index = np.array([lookup[v] for v in values], dtype=np.intp)
+        out = np.zeros((len(values), self.width))
         known = np.flatnonzero(index >= 0)
         out[known, index[known]] = 1.0
         return out
 
 
 Feature = NumericFeature | BoolFeature | CountFeature | CategoricalFeature
+#: How a featurizer treats context keys no feature declares.
+UNDECLARED = ("error", "hash")
+#: Bumped when an encoding changes, so snapshots and evaluations refuse the old vectors.
+ENCODING_VERSION = 2
+
+
+def stable_hash(text: str) -> int:
+    """A 64-bit hash of ``text``, identical across processes, machines and Python versions."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def published_features(models: Sequence[str] = ()) -> tuple[Feature, ...]:
-    """The published task features.  ``models`` are the levels of ``model_name`` (others encode as zeros)."""
+    """The published task features, a preset a task type opts into (``preset = "published"``).
+
+    ``models`` are the levels of ``model_name`` (other names encode as zeros).
+    """
     return (
         CategoricalFeature("risk_tier", ("low", "medium", "high"), default="medium"),
-        NumericFeature("title_length", cap=200, integer=True),
-        NumericFeature("description_length", cap=20_000, integer=True),
-        NumericFeature("acceptance_criteria_count", cap=30, integer=True),
-        NumericFeature("scope_files_count", cap=200, integer=True),
-        NumericFeature("max_files", cap=200, integer=True),
-        NumericFeature("max_loc", cap=20_000, integer=True),
+        NumericFeature("title_length", log=True, integer=True),
+        NumericFeature("description_length", log=True, integer=True),
+        NumericFeature("acceptance_criteria_count", log=True, integer=True),
+        NumericFeature("scope_files_count", log=True, integer=True),
+        NumericFeature("max_files", log=True, integer=True),
+        NumericFeature("max_loc", log=True, integer=True),
         BoolFeature("has_external_deps"),
-        CountFeature("complexity_indicators", cap=30),
-        CategoricalFeature("model_name", tuple(models), default="", unknown="ignore"),
-        NumericFeature("prompt_tokens", cap=128_000, integer=True),
-        NumericFeature("prior_failures", cap=20, integer=True),
+        CountFeature("complexity_indicators"),
+        CategoricalFeature("model_name", tuple(models), default="", unknown="ignore")
+        if models
+        else CategoricalFeature("model_name", unknown="hash", buckets=4, default=""),
+        NumericFeature("prompt_tokens", log=True, integer=True),
+        NumericFeature("prior_failures", log=True, integer=True),
     )
 
 
 class Featurizer:
     """Validates raw contexts, encodes them as vectors and fingerprints them.
+
+    The vector is the bias, then each declared feature's columns in declaration
+    order, then (``undeclared="hash"``) ``hash_buckets`` columns into which the
+    keys no feature declares are hashed: a number adds its value to the column
+    of its name, ``true`` adds 1, a string sets the column of ``name=value``,
+    a list of strings each of its items.  Numbers stay in their natural scale;
+    :attr:`scaled` lists their columns, which the linear policies standardize.
+    :attr:`digest` names the encoding: snapshots and evaluations replay it.
 
     >>> f = Featurizer(published_features(models=("gpt-small", "gpt-large")))
     >>> f.dim
@@ -207,66 +314,119 @@ class Featurizer:
     >>> context, x, fp = f.featurize({"risk_tier": "high", "prompt_tokens": 1200})
     >>> float(x[0]), context["risk_tier"], fp == f.featurize({"prompt_tokens": 1200, "risk_tier": "high"})[2]
     (1.0, 'high', True)
+    >>> open_ = Featurizer((), undeclared="hash", hash_buckets=8)
+    >>> open_.featurize({"plan": "pro", "latency_ms": 120.0})[1].shape
+    (9,)
     """
 
-    def __init__(self, features: Sequence[Feature]) -> None:
+    def __init__(
+        self,
+        features: Sequence[Feature],
+        *,
+        undeclared: str = "error",
+        hash_buckets: int = 32,
+    ) -> None:
         names = [feature.name for feature in features]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ConfigError("features", f"duplicate feature names: {', '.join(duplicates)}")
-        for feature in features:
-            if isinstance(feature, NumericFeature | CountFeature):
-                lower = feature.lower if isinstance(feature, NumericFeature) else 0.0
-                if not math.isfinite(feature.cap) or feature.cap <= lower:
-                    raise ConfigError(
-                        f"features.{feature.name}.cap", f"must be finite and > {lower:g}"
-                    )
-            if isinstance(feature, NumericFeature) and feature.scale not in ("log", "linear"):
-                raise ConfigError(f"features.{feature.name}.scale", "must be 'log' or 'linear'")
-            if isinstance(feature, CategoricalFeature) and feature.unknown not in (
-                "error",
-                "ignore",
-            ):
-                raise ConfigError(f"features.{feature.name}.unknown", "must be 'error' or 'ignore'")
+        if undeclared not in UNDECLARED:
+            raise ConfigError(
+                "features.undeclared", f"must be one of {', '.join(UNDECLARED)}, got {undeclared!r}"
+            )
+        if (
+            isinstance(hash_buckets, bool)
+            or not isinstance(hash_buckets, int)
+            or not 1 <= hash_buckets <= 4096
+        ):
+            raise ConfigError(
+                "features.hash_buckets", f"must be an integer in [1, 4096], got {hash_buckets!r}"
+            )
         self.features = tuple(features)
+        self.undeclared = undeclared
+        self.hash_buckets = hash_buckets if undeclared == "hash" else 0
         self._by_name = {feature.name: feature for feature in self.features}
         self._names = repr(tuple(self._by_name))
-        self.dim = 1 + sum(feature.width for feature in self.features)
         columns = ["bias"]
+        scaled: list[int] = []
         for feature in self.features:
             if isinstance(feature, CategoricalFeature):
-                columns.extend(f"{feature.name}={level}" for level in feature.levels)
+                columns.extend(feature.columns)
             else:
+                if isinstance(feature, NumericFeature | CountFeature):
+                    scaled.append(len(columns))
                 columns.append(feature.name)
+        if self.hash_buckets:
+            scaled.extend(range(len(columns), len(columns) + self.hash_buckets))
+            columns.extend(f"(undeclared)#{i}" for i in range(self.hash_buckets))
         self.columns = tuple(columns)
+        self.dim = len(columns)
+        self.scaled: tuple[int, ...] = tuple(scaled)
+        spec = repr((ENCODING_VERSION, self.features, self.undeclared, self.hash_buckets))
+        self.digest = hashlib.blake2b(spec.encode(), digest_size=8).hexdigest()
 
     def validate(self, raw: Mapping[str, object]) -> dict[str, FeatureValue]:
-        """The validated context, in declaration order, defaults filled in."""
+        """The validated context, in declaration order (then undeclared keys, sorted), defaults filled in."""
+        return self.featurize(raw)[0]
+
+    def _validate_undeclared(self, raw: Mapping[str, object]) -> dict[str, FeatureValue]:
         if not isinstance(raw, Mapping):
             raise FeatureError(
                 "(context)",
                 f"must be a mapping of feature names to values, got {type(raw).__name__}",
             )
-        for name in raw:
-            if name not in self._by_name:
-                raise FeatureError(
-                    name, f"is not declared; declared features: {', '.join(self._by_name)}"
-                )
-        context: dict[str, FeatureValue] = {}
-        for feature in self.features:
-            value = raw.get(feature.name)
-            if value is None:
-                default = feature.default
-                context[feature.name] = default if default is not None else ""
+        extra = sorted(str(name) for name in raw if name not in self._by_name)
+        if not extra:
+            return {}
+        if self.undeclared == "error":
+            declared = ", ".join(self._by_name) or "none"
+            raise FeatureError(
+                extra[0],
+                f"is not declared; declared features: {declared} (declare it, or accept "
+                'undeclared keys with undeclared = "hash")',
+            )
+        out: dict[str, FeatureValue] = {}
+        for name in extra:
+            value = raw[name]
+            if isinstance(value, bool | str):
+                out[name] = value
+            elif isinstance(value, int | float):
+                if not math.isfinite(value):
+                    raise FeatureError(name, f"must be finite, got {value!r}")
+                out[name] = float(value)
+            elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+                out[name] = tuple(value)
+            elif value is None:
+                continue
             else:
-                context[feature.name] = feature.validate(value)
-        return context
+                raise FeatureError(
+                    name,
+                    "an undeclared feature must be a number, true/false, a string or a list "
+                    f"of strings, got {type(value).__name__}",
+                )
+        return out
+
+    def _encode_undeclared(self, context: Context, out: list[float]) -> None:
+        row = [0.0] * self.hash_buckets
+        for name, value in context.items():
+            if name in self._by_name:
+                continue
+            if isinstance(value, str):
+                row[stable_hash(f"{name}={value}") % self.hash_buckets] += 1.0
+            elif isinstance(value, tuple):
+                for item in value:
+                    row[stable_hash(f"{name}={item}") % self.hash_buckets] += 1.0
+            else:
+                row[stable_hash(name) % self.hash_buckets] += float(value)
+        out.extend(row)
 
     def transform(self, context: Context) -> FloatArray:
         """The vector of an already validated context (bias first)."""
         out = [1.0]
         for feature in self.features:
             feature.encode(context[feature.name], out)
+        if self.hash_buckets:
+            self._encode_undeclared(context, out)
         return np.array(out, dtype=np.float64)
 
     def transform_many(self, contexts: Sequence[Mapping[str, Any]]) -> FloatArray:
@@ -277,6 +437,12 @@ class Featurizer:
         on large batches.  A context without one of the features raises
         :class:`FeatureError` naming it and how many contexts lack it.
         """
+        if self.hash_buckets:  # keys differ from context to context: row by row
+            return (
+                np.array([self.transform(c) for c in contexts])
+                if contexts
+                else np.zeros((0, self.dim))
+            )
         names = [feature.name for feature in self.features]
         try:
             # One C-level lookup of every feature per context, then a transpose.
@@ -307,8 +473,9 @@ class Featurizer:
     ) -> tuple[dict[str, FeatureValue], FloatArray, int]:
         """Validate, encode and fingerprint a raw context (one pass: this runs on every request)."""
         by_name = self._by_name
+        extra: dict[str, FeatureValue] = {}
         if not isinstance(raw, Mapping) or any(name not in by_name for name in raw):
-            self.validate(raw)  # raises the specific error
+            extra = self._validate_undeclared(raw)  # raises the specific error
         context: dict[str, FeatureValue] = {}
         out = [1.0]
         for feature in self.features:
@@ -320,7 +487,11 @@ class Featurizer:
                 valid = feature.validate(value)
             context[feature.name] = valid
             feature.encode(valid, out)
-        return context, np.array(out), _fingerprint(self._names, tuple(context.values()))
+        if not self.hash_buckets:
+            return context, np.array(out), _fingerprint(self._names, tuple(context.values()))
+        context.update(extra)
+        self._encode_undeclared(context, out)
+        return context, np.array(out), fingerprint(context)
 
 
 def fingerprint(context: Context) -> int:

@@ -10,8 +10,13 @@ c = min(cost / cost_scale, 1) are the normalized costs and each weight is ≥ 0.
 Every term lies in [0, 1], so **the reward lies in [0, 1]**: 1 is a perfect, free,
 instant answer and 0 is the worst.  A missing field counts as its worst value
 (quality 0, latency/tokens/cost at their scale), so an outcome that says nothing
-is never rewarded for it; user ``feedback`` stands in for a missing quality.  An ``Outcome.reward`` given by the caller is used as
-it is, after a range check.
+is never rewarded for it; user ``feedback`` stands in for a missing quality.
+
+An ``Outcome.reward`` given by the caller is used as it is, after a check that it
+lies in the declared reward range (``low``, ``high``; default [0, 1]).  A range
+such as [−1, 1] lets a caller report quality − λ·cost, which can be negative.
+Policies learn the reward mapped linearly onto [0, 1] (:meth:`RewardFunction.unit`);
+the decision log, the estimates and the gates keep the reward in its own units.
 """
 
 from __future__ import annotations
@@ -62,6 +67,8 @@ class RewardFunction:
     max_cost: float | None = None
     penalty: float = 1.0
     version: str = "weighted@1"
+    low: float = 0.0
+    high: float = 1.0
 
     def __post_init__(self) -> None:
         weights = {
@@ -93,15 +100,23 @@ class RewardFunction:
             raise ConfigError("reward.penalty", f"must be in [0, 1], got {self.penalty!r}")
         if not self.version:
             raise ConfigError("reward.version", "must be a non-empty string")
+        _check_finite("reward.low", self.low)
+        _check_finite("reward.high", self.high)
+        if not self.low < self.high:
+            raise ConfigError("reward.high", f"must be > low ({self.low!r}), got {self.high!r}")
 
     @property
     def range(self) -> tuple[float, float]:
-        return REWARD_RANGE
+        return (self.low, self.high)
+
+    def unit(self, reward: float) -> float:
+        """``reward`` mapped from the declared range onto [0, 1] (what policies learn)."""
+        return min(1.0, max(0.0, (reward - self.low) / (self.high - self.low)))
 
     def __call__(self, outcome: Outcome) -> float:
         """The reward of ``outcome`` (raises :class:`OutcomeError` if a given reward is out of range)."""
         if outcome.reward is not None:
-            low, high = REWARD_RANGE
+            low, high = self.low, self.high
             if not low <= outcome.reward <= high:
                 raise OutcomeError(
                     "reward",
@@ -123,7 +138,8 @@ class RewardFunction:
             + self.error * (0.0 if outcome.error else 1.0)
         ) / total
         value -= self.penalty * self.violations(outcome)
-        return max(0.0, min(1.0, value))
+        # The weighted score lies in [0, 1]; a declared range maps it there linearly.
+        return self.low + (self.high - self.low) * max(0.0, min(1.0, value))
 
     def violations(self, outcome: Outcome) -> int:
         """Number of hard constraints ``outcome`` breaks (a missing field breaks none)."""

@@ -146,8 +146,10 @@ class ParameterSpace:
         trust_region: TrustRegion | None = None,
         stop: Sequence[str] = (),
         max_arms: int = MAX_ARMS,
+        choices: Mapping[str, Sequence[str] | Mapping[str, Mapping[str, float]]] | None = None,
     ) -> None:
         grids = dict(grids or {})
+        self.choices = _choices(choices or {}, baseline)
         self.trust_region = trust_region if trust_region is not None else TrustRegion()
         self.rules: dict[str, ModelRule] = {rule.model: rule for rule in model_rules}
         self.stop = tuple(stop)
@@ -248,6 +250,7 @@ class ParameterSpace:
             prompt_variant=params.prompt_variant,
             stop=self.stop,
             max_tokens_field=rule.max_tokens_field,
+            choices=params.choices,
         )
 
     def _enumerate(
@@ -255,8 +258,10 @@ class ParameterSpace:
     ) -> tuple[Params, ...]:
         names = CATEGORICAL_DIMS + NUMERIC_DIMS
         seen: dict[Params, None] = {}
-        for combo in itertools.product(*(values[name] for name in names)):
-            raw = dict(zip(names, combo, strict=True))
+        labels = [tuple(levels) for levels in self.choices.values()]
+        for combo in itertools.product(*(values[name] for name in names), *labels):
+            raw = dict(zip(names, combo[: len(names)], strict=True))
+            picked = tuple(zip(self.choices, map(str, combo[len(names) :]), strict=True))
             model = raw["model"]
             if not isinstance(model, str) or not model:
                 raise ConfigError("space.model", "every arm needs a model name")
@@ -271,6 +276,7 @@ class ParameterSpace:
                     prompt_variant=raw["prompt_variant"]
                     if isinstance(raw["prompt_variant"], str)
                     else None,
+                    choices=picked,
                 )
             )
             seen.setdefault(arm, None)
@@ -349,6 +355,20 @@ class ParameterSpace:
                     np.array([float(str(getattr(arm, name)) == level) for arm in self.arms])
                 )
                 names.append(f"{name}={level}")
+        for name, table in self.choices.items():
+            base_level = self.baseline.choice(name)
+            picked = [arm.choice(name) for arm in self.arms]
+            for level in table:
+                if level != base_level:
+                    linear.append(np.array([float(p == level) for p in picked]))
+                    names.append(f"{name}={level}")
+            for key in sorted({k for features in table.values() for k in features}):
+                column = np.array([table[p].get(key, 0.0) for p in picked])
+                spread = (float(column.max()) - float(column.min())) / 2
+                if spread > 0:
+                    base = table[base_level].get(key, 0.0)
+                    linear.append((column - base) / spread)
+                    names.append(f"{name}.{key}")
         columns = [np.ones(self.n_arms), *linear, *squares]
         return np.column_stack(columns), 1 + len(linear), tuple(names + square_names)
 
@@ -385,6 +405,50 @@ class ParameterSpace:
     def column(self, name: str) -> FloatArray:
         """The values of a numeric dimension across arms (NaN where the model rejects it)."""
         return self._columns[name]
+
+
+def _choices(
+    choices: Mapping[str, Sequence[str] | Mapping[str, Mapping[str, float]]], baseline: Params
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Generic categorical dimensions: name → level → the level's numeric arm features."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name, levels in choices.items():
+        where = f"choices.{name}"
+        if not isinstance(name, str) or not name or name in NUMERIC_DIMS + CATEGORICAL_DIMS:
+            raise ConfigError(where, "needs a name that is not a built-in parameter")
+        if isinstance(levels, str) or not isinstance(levels, Sequence | Mapping) or not levels:
+            raise ConfigError(where, "must be a non-empty list of levels (or level → features)")
+        table: dict[str, dict[str, float]] = {}
+        for level in levels:
+            if not isinstance(level, str) or not level:
+                raise ConfigError(where, f"levels must be non-empty strings, got {level!r}")
+            if level in table:
+                raise ConfigError(where, f"level {level!r} is listed twice")
+            features = levels[level] if isinstance(levels, Mapping) else {}
+            if not isinstance(features, Mapping):
+                raise ConfigError(f"{where}.{level}", "must be a table of numeric arm features")
+            for key, value in features.items():
+                if (
+                    isinstance(value, bool)
+                    or not isinstance(value, int | float)
+                    or not math.isfinite(value)
+                ):
+                    raise ConfigError(
+                        f"{where}.{level}.{key}", f"must be a finite number, got {value!r}"
+                    )
+            table[level] = {str(k): float(v) for k, v in features.items()}
+        given = dict(baseline.choices)
+        if name not in given:
+            raise ConfigError(f"baseline.choices.{name}", f"is required: one of {', '.join(table)}")
+        if given[name] not in table:
+            raise ConfigError(
+                f"baseline.choices.{name}", f"{given[name]!r} is not one of {', '.join(table)}"
+            )
+        out[name] = table
+    unknown = sorted(set(dict(baseline.choices)) - set(out))
+    if unknown:
+        raise ConfigError(f"baseline.choices.{unknown[0]}", "is not a declared choice dimension")
+    return out
 
 
 def _check_bound(where: str, name: str, value: float) -> None:

@@ -8,11 +8,14 @@ A TOML file looks like::
 
     [tasks.summarize]
     policy = "linucb"                  # any registered policy (BANDIT_POLICY)
-    exploration = 0.05                 # share of uniform exploration (floor = exploration / arms)
+    exploration = 0.0                  # optional uniform floor (default: the policy's own)
+    preset = "published"               # opt into the published task features
+    undeclared = "hash"                # optional: hash context keys no feature declares
     reward_wait_s = 3600               # outcomes later than this are refused
     default_reward = 0.0               # optional: given when no outcome arrived in time
     baseline = { model = "gpt-small", temperature = 0.3, max_tokens = 256 }
     space = { temperature = [0.1, 0.2, 0.3, 0.4, 0.5], max_tokens = [128, 256, 384] }
+    choices = { route = ["direct", "rag"] }   # generic categorical dimensions (baseline.choices)
     trust_region = { temperature = 0.2, max_tokens = 200 }
     reward = { quality = 0.7, latency = 0.1, cost = 0.2, max_latency_ms = 20000 }
     policy_params = { alpha = 0.5 }
@@ -41,7 +44,7 @@ from paramloop.core.features import (
 )
 from paramloop.core.monitor import SLOConfig
 from paramloop.core.policies import POLICIES, ArmDesign, Policy, make_policy
-from paramloop.core.reward import REWARD_RANGE, RewardFunction
+from paramloop.core.reward import RewardFunction
 from paramloop.core.rollout import RolloutPlan
 from paramloop.core.space import ModelRule, ParameterSpace, TrustRegion
 from paramloop.engine.rollout import DriftSettings, RolloutSettings
@@ -56,8 +59,10 @@ T = TypeVar("T")
 class TaskConfig:
     """Everything paramloop knows about one task type.
 
-    ``exploration`` is the share of uniform exploration mixed into the policy's
+    ``exploration`` is a share of uniform exploration mixed into the policy's
     distribution (every feasible arm gets at least ``exploration / arms``);
+    ``None`` takes the policy's own default (0 for LinUCB and SquareCB, whose
+    distributions keep every arm supported by themselves; 0.05 for the others);
     the baseline policy never explores.  ``reward_wait_s`` is the reward wait
     window; ``default_reward`` (in the reward range) is recorded for decisions
     whose outcome did not arrive within it, or nothing when ``None``.
@@ -70,7 +75,7 @@ class TaskConfig:
     reward: RewardFunction = field(default_factory=RewardFunction)
     policy: str = DEFAULT_POLICY
     policy_params: Mapping[str, Any] = field(default_factory=dict)
-    exploration: float = 0.05
+    exploration: float | None = None
     reward_wait_s: float = 3600.0
     default_reward: float | None = None
     snapshot_every: int = 1_000
@@ -88,10 +93,11 @@ class TaskConfig:
                 f"{where}.policy",
                 f"unknown policy {self.policy!r}; available: {', '.join(sorted(POLICIES))}",
             )
-        _check_range(f"{where}.exploration", self.exploration, 0.0, 1.0)
+        if self.exploration is not None:
+            _check_range(f"{where}.exploration", self.exploration, 0.0, 1.0)
         _check_range(f"{where}.reward_wait_s", self.reward_wait_s, 0.0, math.inf, open_high=True)
         if self.default_reward is not None:
-            low, high = REWARD_RANGE
+            low, high = self.reward.range
             _check_range(f"{where}.default_reward", self.default_reward, low, high)
         if (
             isinstance(self.snapshot_every, bool)
@@ -110,14 +116,29 @@ class TaskConfig:
             n_interacting=self.space.n_interacting,
             context_dim=self.featurizer.dim,
             baseline=self.space.baseline_arm,
+            scaled=self.featurizer.scaled,
+            featurizer=self.featurizer.digest,
         )
 
     @property
     def effective_exploration(self) -> float:
-        return 0.0 if self.policy == "baseline" else self.exploration
+        if self.policy == "baseline":
+            return 0.0
+        if self.exploration is None:
+            return POLICIES[self.policy].default_exploration
+        return self.exploration
+
+    @property
+    def keeps_support(self) -> bool:
+        """Whether a decision that explored (propensity < 1) had every feasible arm in its support."""
+        return self.effective_exploration > 0.0 or self.new_policy().keeps_support
 
     def new_policy(self) -> Policy:
         return make_policy(self.policy, self.design, **dict(self.policy_params))
+
+
+#: Feature presets a task type may opt into.
+PRESETS = ("published",)
 
 
 def task(
@@ -125,22 +146,38 @@ def task(
     *,
     baseline: Params,
     grids: Mapping[str, Sequence[float | int | str | None]] | None = None,
+    choices: Mapping[str, Sequence[str] | Mapping[str, Mapping[str, float]]] | None = None,
     model_rules: Sequence[ModelRule] = (),
     trust_region: TrustRegion | None = None,
-    extra_features: Sequence[Feature] = (),
+    features: Sequence[Feature] = (),
+    preset: str | None = None,
+    undeclared: str = "error",
+    hash_buckets: int = 32,
     stop: Sequence[str] = (),
     **options: Any,
 ) -> TaskConfig:
-    """Build a :class:`TaskConfig` with the published features (model levels from the space)."""
+    """Build a :class:`TaskConfig` from a baseline, a space and the context's features.
+
+    ``features`` declares the context; ``preset="published"`` adds the published
+    task features first (model levels from the space); ``undeclared="hash"``
+    accepts context keys no feature declares (see :class:`Featurizer`).
+    ``choices`` adds generic categorical dimensions (see :class:`ParameterSpace`).
+    """
     space = ParameterSpace(
         baseline=baseline,
         grids=grids,
+        choices=choices,
         model_rules=model_rules,
         trust_region=trust_region,
         stop=stop,
     )
-    models = tuple(sorted({arm.model for arm in space.arms}))
-    featurizer = Featurizer((*published_features(models), *extra_features))
+    declared: tuple[Feature, ...] = tuple(features)
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ConfigError("preset", f"must be one of {', '.join(PRESETS)}, got {preset!r}")
+        models = tuple(sorted({arm.model for arm in space.arms}))
+        declared = (*published_features(models), *declared)
+    featurizer = Featurizer(declared, undeclared=undeclared, hash_buckets=hash_buckets)
     return TaskConfig(name=name, space=space, featurizer=featurizer, **options)
 
 
@@ -158,6 +195,10 @@ _TASK_KEYS = {
     "trust_region",
     "reward",
     "features",
+    "preset",
+    "undeclared",
+    "hash_buckets",
+    "choices",
     "stop",
     "rollout",
     "slo",
@@ -236,11 +277,15 @@ def _task(name: str, body: Mapping[str, Any], rules: Sequence[ModelRule]) -> Tas
             name,
             baseline=baseline,
             grids=body.get("space"),
+            choices=body.get("choices"),
             model_rules=rules,
             trust_region=TrustRegion(radius=radius, allowed=allowed)
             if "trust_region" in body
             else None,
-            extra_features=[_feature(where, spec) for spec in body.get("features", [])],
+            features=[_feature(where, spec) for spec in body.get("features", [])],
+            preset=body.get("preset"),
+            undeclared=body.get("undeclared", "error"),
+            hash_buckets=body.get("hash_buckets", 32),
             stop=tuple(body.get("stop", ())),
             reward=RewardFunction(**reward_table),
             **options,
@@ -312,10 +357,10 @@ def _feature(where: str, spec: Any) -> Feature:
             f"{where}.features", "each feature is a table with a string `name` and a `kind`"
         )
     kinds: dict[str, tuple[type[Any], set[str]]] = {
-        "numeric": (NumericFeature, {"cap", "scale", "lower", "default", "integer"}),
+        "numeric": (NumericFeature, {"lower", "upper", "log", "default", "integer"}),
         "bool": (BoolFeature, {"default"}),
-        "count": (CountFeature, {"cap"}),
-        "categorical": (CategoricalFeature, {"levels", "default", "unknown"}),
+        "count": (CountFeature, set()),
+        "categorical": (CategoricalFeature, {"levels", "default", "unknown", "buckets"}),
     }
     kind = spec.get("kind")
     if kind not in kinds:

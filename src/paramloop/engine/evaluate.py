@@ -301,7 +301,7 @@ def target_distribution(
     round, as :func:`decide` does.
     """
     arms = config.space.feasible_arms
-    exploration = 0.0 if policy.name == "baseline" else config.exploration
+    exploration = 0.0 if policy.name == "baseline" else config.effective_exploration
     revision = policy.revision
 
     def rng(i: int) -> np.random.Generator:
@@ -350,8 +350,8 @@ def collapse(
     column[arms] = np.arange(len(arms))
     base_arm = config.space.baseline_arm
     base_feasible = column[base_arm] >= 0
-    exploration = 0.0 if policy.name == "baseline" else config.exploration
-    explored = log.explored if config.exploration > 0.0 else np.zeros(n, dtype=bool)
+    exploration = 0.0 if policy.name == "baseline" else config.effective_exploration
+    explored = log.explored if config.keeps_support else np.zeros(n, dtype=bool)
     revision = policy.revision
     cand_logged, cand_other = np.empty(n), np.empty(n)
     base_other, q_logged = np.empty(n), np.empty(n)
@@ -422,7 +422,7 @@ def logging_support(config: TaskConfig, log: LoggedTask) -> npt.NDArray[np.bool_
     decision with propensity 1 (baseline, fallback) supports only its own arm.
     """
     support = np.zeros((log.n, config.space.n_arms), dtype=bool)
-    if config.exploration > 0.0:
+    if config.keeps_support:
         support[np.ix_(np.flatnonzero(log.explored), config.space.feasible_arms)] = True
     support[np.arange(log.n), log.actions] = True
     return support

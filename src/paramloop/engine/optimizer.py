@@ -20,7 +20,7 @@ import numpy as np
 
 from paramloop.core.assignment import Group
 from paramloop.core.budget import Reservation, Spend
-from paramloop.core.policies import Policy, decide, derive_seed, restore_policy
+from paramloop.core.policies import Choice, Policy, decide, derive_seed, restore_policy
 from paramloop.core.policies.base import FloatArray
 from paramloop.engine.budgets import BudgetManager
 from paramloop.engine.config import TaskConfig
@@ -72,6 +72,23 @@ _MAX_REQUEST_ID = 200
 _SEED_LIMIT = 2**63
 _CACHE_SIZE = 100_000
 _REPLAY_CHUNK = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class ArmDistribution:
+    """The probability of every feasible arm of a task type in one context."""
+
+    task_type: str
+    arms: tuple[int, ...]
+    params: tuple[Params, ...]
+    probabilities: tuple[float, ...]
+
+    def of(self, arm: int) -> float:
+        """The probability of ``arm`` (0 for an arm that is not feasible)."""
+        try:
+            return self.probabilities[self.arms.index(arm)]
+        except ValueError:
+            return 0.0
 
 
 @dataclass
@@ -205,24 +222,10 @@ class Optimizer:
             if self.rollout is not None:
                 route = self.rollout.route(task_type, unit_id or request_id)
                 phase = str(route.phase)
-            arms, caps = config.space.feasible_arms, None
             budgeted = self.budgets is not None and config.budget is not None
-            if budgeted:
-                caps = {int(a): self.spend_cap(config.space.arms[a], features) for a in arms}
-                allowed = self.budgets.feasible(  # type: ignore[union-attr]
-                    task_type, list(caps), caps, config.space.baseline_arm
-                )
-                arms = np.asarray(allowed.arms, dtype=np.intp)
-            with state.lock:
-                policy = state.policy
-                revision = policy.revision
-                choice = decide(
-                    policy,
-                    x,
-                    arms,
-                    derive_seed(seed if seed is not None else request_id, fp, revision),
-                    config.effective_exploration,
-                )
+            caps, choice, policy, revision = self._choose(
+                state, features, x, fp, seed if seed is not None else request_id
+            )
             arm, propensity, intended = choice.arm, choice.propensity, None
             origin = "baseline" if policy.name == "baseline" else f"bandit:{policy.label}"
             if route is not None and route.share < 1.0:
@@ -269,6 +272,114 @@ class Optimizer:
                 self.rollout.observe_decision(decision)
             except Exception as exc:  # the guardrails failing must not fail the request
                 self._failed("rollout", exc)
+        return decision
+
+    def probabilities(
+        self,
+        task_type: str,
+        context: Mapping[str, object],
+        *,
+        request_id: str | None = None,
+        seed: int | None = None,
+        unit_id: str | None = None,
+    ) -> ArmDistribution:
+        """The distribution the next decision for this context would be drawn from; no side effects.
+
+        It is the policy's distribution over the feasible arms (budgets applied),
+        exploration floor included, mixed with the rollout's split as
+        :meth:`recommend` logs it: the propensity a decision logs is this
+        distribution's probability of its arm.  Monte Carlo policies (Thompson
+        sampling) draw with a generator seeded from ``seed`` or ``request_id``, as
+        :meth:`recommend` does; give the same one to get the same numbers.
+        """
+        state = self._state(task_type)
+        config = state.config
+        features, x, fp = config.featurizer.featurize(context)
+        key: str | int = seed if seed is not None else (request_id or "")
+        _, choice, _, _ = self._choose(state, features, x, fp, key)
+        assert choice.arms is not None and choice.weights is not None
+        probs = choice.weights / choice.weights.sum()
+        if self.rollout is not None:
+            route = self.rollout.route(task_type, unit_id or request_id or "")
+            if route.share < 1.0:
+                probs = route.share * probs
+                probs[choice.arms == config.space.baseline_arm] += 1.0 - route.share
+        arms = tuple(int(a) for a in choice.arms)
+        return ArmDistribution(
+            task_type=task_type,
+            arms=arms,
+            params=tuple(config.space.params(a) for a in arms),
+            probabilities=tuple(float(p) for p in probs),
+        )
+
+    def log_decision(
+        self,
+        task_type: str,
+        context: Mapping[str, object],
+        arm: int | Params,
+        propensity: float,
+        *,
+        request_id: str | None = None,
+        outcome: Outcome | None = None,
+        policy: str = "external",
+        timestamp: float | None = None,
+    ) -> Decision:
+        """Log a decision another system made, with the probability it was made with.
+
+        For warm-starting from an existing log and for learning and evaluating
+        offline from it.  ``arm`` is an arm index or its parameters.  With an
+        ``outcome``, it is joined at once (whatever the wait window) and the
+        policy learns from it, as from any outcome; evaluation reads it like a
+        logged decision of its own.  Raises ``InputError`` (propensity not
+        in (0, 1], an arm the space does not have), ``FeatureError`` or
+        ``OutcomeError``; nothing is stored then.
+        """
+        state = self._state(task_type)
+        config = state.config
+        features, x, fp = config.featurizer.featurize(context)
+        index = self.arm_index(task_type, arm)
+        if (
+            isinstance(propensity, bool)
+            or not isinstance(propensity, int | float)
+            or not 0.0 < propensity <= 1.0
+        ):
+            raise InputError("propensity", f"must be in (0, 1], got {propensity!r}")
+        if not isinstance(policy, str) or not policy:
+            raise InputError("policy", "must be a non-empty string")
+        recorded_reward = None if outcome is None else config.reward(outcome)
+        request_id = self._request_id(request_id)
+        now = self.clock() if timestamp is None else float(timestamp)
+        decision = Decision(
+            request_id=request_id,
+            task_type=task_type,
+            arm=index,
+            params=config.space.params(index),
+            propensity=float(propensity),
+            confidence=0.0,
+            policy=policy,
+            policy_revision=0,
+            origin=f"external:{policy}",
+            context=features,
+            context_fingerprint=fp,
+            timestamp=now,
+        )
+        self.store.append_decision(decision)
+        self._remember(decision, x)
+        self.stats.decisions += 1
+        if outcome is not None and recorded_reward is not None:
+            self._learn(
+                state,
+                decision,
+                RecordedOutcome(
+                    request_id=request_id,
+                    task_type=task_type,
+                    outcome=outcome,
+                    reward=recorded_reward,
+                    reward_version=config.reward.version,
+                    source="observed",
+                    timestamp=now,
+                ),
+            )
         return decision
 
     def record_outcome(self, request_id: str, outcome: Outcome) -> RecordedOutcome:
@@ -383,6 +494,46 @@ class Optimizer:
         except KeyError:
             raise UnknownTaskTypeError(str(task_type), sorted(self._tasks)) from None
 
+    def _choose(
+        self,
+        state: _TaskState,
+        features: Mapping[str, FeatureValue],
+        x: FloatArray,
+        fp: int,
+        key: str | int,
+    ) -> tuple[dict[int, Spend] | None, Choice, Policy, int]:
+        """The feasible arms (budgets applied) and the policy's floored choice among them."""
+        config = state.config
+        arms, caps = config.space.feasible_arms, None
+        if self.budgets is not None and config.budget is not None:
+            caps = {int(a): self.spend_cap(config.space.arms[a], features) for a in arms}
+            allowed = self.budgets.feasible(
+                config.name, list(caps), caps, config.space.baseline_arm
+            )
+            arms = np.asarray(allowed.arms, dtype=np.intp)
+        with state.lock:
+            policy = state.policy
+            revision = policy.revision
+            choice = decide(
+                policy, x, arms, derive_seed(key, fp, revision), config.effective_exploration
+            )
+        return caps, choice, policy, revision
+
+    def arm_index(self, task_type: str, arm: int | Params) -> int:
+        """The index of ``arm`` (an index or parameters) in the task type's space, validated."""
+        config = self._state(task_type).config
+        space = config.space
+        if isinstance(arm, Params):
+            try:
+                return space.arms.index(replace(arm, seed=None))
+            except ValueError:
+                raise InputError("arm", f"{arm.to_dict()} is not an arm of {config.name}") from None
+        if isinstance(arm, bool) or not isinstance(arm, int) or not 0 <= arm < space.n_arms:
+            raise InputError(
+                "arm", f"must be an arm index in [0, {space.n_arms}) or Params, got {arm!r}"
+            )
+        return arm
+
     def _request_id(self, request_id: str | None) -> str:
         if request_id is None:
             return os.urandom(16).hex()  # 128 random bits, like uuid4, at a quarter of the cost
@@ -427,7 +578,7 @@ class Optimizer:
                 self.stats.duplicate_outcomes += 1
                 return stored, False
             if decision.applied:
-                state.policy.update(x, decision.arm, stored.reward)
+                state.policy.update(x, decision.arm, state.config.reward.unit(stored.reward))
             state.own_seqs.add(stored.seq)
             state.updates_since_snapshot += 1
             if state.updates_since_snapshot >= state.config.snapshot_every:
@@ -515,7 +666,7 @@ class Optimizer:
                     state.own_seqs.discard(recorded.seq)
                 elif decision.applied:
                     x = config.featurizer.transform(decision.context)
-                    state.policy.update(x, decision.arm, recorded.reward)
+                    state.policy.update(x, decision.arm, config.reward.unit(recorded.reward))
                     learned += 1
                 state.last_outcome_seq = recorded.seq
         return learned

@@ -91,6 +91,7 @@ def default_tasks(
         configs.append(
             task(
                 name,
+                preset="published",
                 baseline=baseline,
                 grids=grids,
                 model_rules=MODEL_RULES,

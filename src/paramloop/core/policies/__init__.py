@@ -5,6 +5,7 @@ from paramloop.core.policies import (
     epsilon_greedy,
     lints,
     linucb,
+    squarecb,
     thompson_beta,
     thompson_gaussian,
 )
@@ -22,6 +23,7 @@ from paramloop.core.policies.baseline import Baseline
 from paramloop.core.policies.epsilon_greedy import EpsilonGreedy
 from paramloop.core.policies.lints import LinTS
 from paramloop.core.policies.linucb import LinUCB
+from paramloop.core.policies.squarecb import SquareCB
 from paramloop.core.policies.thompson_beta import ThompsonBeta
 from paramloop.core.policies.thompson_gaussian import ThompsonGaussian
 
@@ -34,6 +36,7 @@ __all__ = [
     "LinTS",
     "LinUCB",
     "Policy",
+    "SquareCB",
     "ThompsonBeta",
     "ThompsonGaussian",
     "baseline",
@@ -44,6 +47,7 @@ __all__ = [
     "linucb",
     "make_policy",
     "restore_policy",
+    "squarecb",
     "thompson_beta",
     "thompson_gaussian",
 ]

@@ -43,13 +43,17 @@ class ArmDesign:
     ``features`` is the (arms × arm-features) matrix from the parameter space;
     its first ``n_interacting`` columns are crossed with the context vector (of
     length ``context_dim``) by the linear policies.  ``baseline`` is the
-    baseline arm's index.
+    baseline arm's index.  ``scaled`` lists the context columns holding numbers in
+    their natural scale (the linear policies standardize them); ``featurizer`` is
+    the digest of the featurizer that builds the context vectors.
     """
 
     features: FloatArray
     n_interacting: int
     context_dim: int
     baseline: int
+    scaled: tuple[int, ...] = ()
+    featurizer: str = ""
 
     @property
     def n_arms(self) -> int:
@@ -61,6 +65,7 @@ class ArmDesign:
         h = hashlib.blake2b(digest_size=8)
         h.update(np.ascontiguousarray(self.features).tobytes())
         h.update(f"{self.n_interacting}:{self.context_dim}:{self.baseline}".encode())
+        h.update(f"{self.scaled}:{self.featurizer}".encode())
         return h.hexdigest()
 
 
@@ -87,7 +92,7 @@ class Choice:
 class Policy(ABC):
     """A learner that gives a probability to every feasible arm in a context.
 
-    ``name`` and ``version`` identify the algorithm (``linucb@1.0.0``);
+    ``name`` and ``version`` identify the algorithm (``linucb@2.0.0``);
     ``revision`` counts the updates applied, so that a decision can be replayed
     against the exact state that made it.
     """
@@ -96,6 +101,9 @@ class Policy(ABC):
     version: ClassVar[str]
     #: Whether ``probabilities`` needs random draws (Monte Carlo); others get no generator.
     stochastic: ClassVar[bool] = False
+    #: The uniform exploration floor a task type gets unless it sets one: policies whose
+    #: distribution keeps every arm supported by itself need none.
+    default_exploration: ClassVar[float] = 0.05
 
     def __init__(self, design: ArmDesign) -> None:
         if design.n_arms < 1:
@@ -111,6 +119,11 @@ class Policy(ABC):
     @property
     def label(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def keeps_support(self) -> bool:
+        """Whether the policy's own distribution gives every feasible arm a positive probability."""
+        return False
 
     # -- shared rules -------------------------------------------------------------------
 
@@ -353,6 +366,28 @@ def argmax_share(scores: FloatArray) -> FloatArray:
     return share
 
 
+def inverse_gap_weights(mean: FloatArray, gamma: float) -> FloatArray:
+    """SquareCB's inverse gap weighting (Abe & Long, 1999; Foster & Rakhlin, ICML 2020).
+
+    Every arm but the best gets 1/(K + γ·(μ_best − μ_a)); the best (the first
+    of exact ties) gets the rest.  Every arm keeps a positive probability, and the
+    further its mean falls below the best, the less it gets.
+
+    >>> inverse_gap_weights(np.array([0.5, 0.5]), 10.0).tolist()
+    [0.5, 0.5]
+    >>> [round(p, 3) for p in inverse_gap_weights(np.array([0.9, 0.4, 0.8]), 10.0)]
+    [0.625, 0.125, 0.25]
+    """
+    k = mean.shape[-1]
+    best = mean.argmax(axis=-1)[..., None]
+    top = np.take_along_axis(mean, best, axis=-1)
+    probs: FloatArray = 1.0 / (k + gamma * (top - mean))
+    np.put_along_axis(probs, best, 0.0, axis=-1)
+    rest = np.maximum(1.0 - probs.sum(axis=-1, keepdims=True), 0.0)
+    np.put_along_axis(probs, best, rest, axis=-1)
+    return probs
+
+
 def monte_carlo_best(samples: FloatArray) -> FloatArray:
     """Share of draws (rows) in which each arm (column) has the highest sampled value."""
     winners = np.argmax(samples, axis=1)
@@ -372,6 +407,14 @@ def check_draws(policy: str, draws: object) -> int:
             f"policy.{policy}.draws", f"must be an integer in [1, {MAX_DRAWS}], got {draws!r}"
         )
     return draws
+
+
+def check_share(policy: str, name: str, value: object) -> float:
+    """Validate a hyperparameter that is a share in [0, 1], naming it in the error."""
+    share = check_positive(policy, name, value, allow_zero=True)
+    if share > 1.0:
+        raise ConfigError(f"policy.{policy}.{name}", f"must be in [0, 1], got {value!r}")
+    return share
 
 
 def check_positive(policy: str, name: str, value: object, *, allow_zero: bool = False) -> float:

@@ -1,63 +1,146 @@
-"""Ridge regression over action-dependent features, shared by LinUCB and LinTS.
+"""Ridge regression on standardized contexts, shared by LinUCB, LinTS and SquareCB.
 
-The feature vector of arm *a* in context *x* is φ(x, a) = [x ⊗ z_a[:m], z_a[m:]]:
-the context crossed with the arm's first ``m`` features (bias, linear terms,
-one-hots), followed by the arm-only curvature terms.  Because φ is linear in
-z_a, φ(x, a) = M(x) z_a for a sparse d × k matrix M(x); scoring all arms then
-costs one small projection per context, G = M(x)ᵀ A⁻¹ M(x) and μ = M(x)ᵀ θ,
-plus O(k²) per arm, whatever the number of arms.  Neighbouring arms share
-their features, so learning one teaches the others.
+Two models of the reward, chosen by the arm design (``model="auto"``):
 
-Updates are rank one: A⁻¹ by Sherman–Morrison and θ by recursive least squares,
-O(d²) per update and no inversion, except a full re-inversion every
-``refresh_every`` updates that bounds floating-point drift.
+* **shared** — one ridge model over action-dependent features
+  φ(x, a) = [x ⊗ z_a[:m], z_a[m:]]: the context crossed with the arm's first
+  ``m`` features (bias, linear terms, one-hots), then the arm-only curvature
+  terms.  Neighbouring arms share features, so learning one teaches the others;
+  right when arms are points of numeric grids (temperature, max_tokens).
+  Because φ(x, a) = M(x) z_a, scoring all arms costs one projection per context,
+  G = M(x)ᵀ A⁻¹ M(x) and μ = M(x)ᵀ θ, plus O(k²) per arm.
+* **per_arm** — one ridge model of the context per arm (the "disjoint" LinUCB of
+  Li et al., 2010).  Right when arms are plain labels (a model route, a prompt
+  variant, a tool): there is nothing to share between them, and K small d × d
+  models cost K·d² per decision instead of (K·d)².
+
+``auto`` picks per_arm when every arm feature is a 0/1 label (no numeric
+dimension, no curvature term) and shared otherwise.
+
+**Standardized inputs.**  The numeric context columns (``ArmDesign.scaled``) are
+standardized with running statistics of the contexts learned from (Welford's
+mean and variance, each new value winsorized at 5 standard deviations once 20
+have been seen, so one outlier cannot blow up the scale).  The statistics in
+use change only at refresh points (updates 1, 2, 4, …, 1024, then every 1024);
+the sufficient statistics learned so far are then re-expressed in the new
+coordinates exactly (x̃' = T x̃ is affine, so A − Λ ↦ T(A − Λ)Tᵀ and b ↦ Tb), and A
+is re-inverted, which also bounds floating-point drift.  Between refreshes a
+decision is a pure function of the state, so ``probabilities`` equals what the
+next decision logs, and a snapshot restores the same decisions bit for bit.
+Rescaling a numeric feature by any affine map leaves the decisions unchanged
+(up to rounding): the ridge penalty acts in standardized units.
+
+**Prior.**  The model fits r − m_a, with m_a = ``prior_mean`` for every arm but
+the baseline, whose prior mean is ``prior_mean + baseline_advantage``: with no
+evidence the baseline is the favourite, and moving away from it takes data.
+Rewards reaching a policy are in [0, 1] (the engine rescales a declared reward
+range).
+
+Updates are rank one: A⁻¹ by Sherman–Morrison and θ by recursive least squares.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from scipy.linalg.blas import dger as _ger  # type: ignore[import-untyped]
 
 from paramloop.core.policies.base import ArmDesign, FloatArray, IntArray, Policy, check_positive
-from paramloop.errors import SnapshotError
+from paramloop.errors import ConfigError, SnapshotError
+
+MODELS = ("auto", "shared", "per_arm")
+#: Winsorize a new value at this many standard deviations (once WARMUP values were seen).
+WINSOR = 5.0
+WARMUP = 20
+#: Updates between refreshes once past the doubling schedule 1, 2, 4, …, REFRESH.
+REFRESH = 1_024
+
+
+def is_label_design(design: ArmDesign) -> bool:
+    """Whether every arm feature is a 0/1 label (no numeric dimension, no curvature term)."""
+    features = design.features
+    if design.n_interacting != features.shape[1]:
+        return False
+    rest = features[:, 1:]
+    return bool(np.all((rest == 0.0) | (rest == 1.0)))
 
 
 class LinearPolicy(Policy):
-    """Base of the linear policies: ridge posterior N(θ, noise² A⁻¹) with A = λI + Σ φφᵀ."""
-
-    refresh_every = 4_096
+    """Base of the linear policies: ridge posterior N(θ, noise² A⁻¹), A = Λ + Σ φφᵀ."""
 
     def __init__(
         self,
         design: ArmDesign,
         *,
+        model: str = "auto",
         ridge: float = 1.0,
         noise: float = 0.1,
         prior_mean: float = 0.5,
-        interaction_ridge: float = 10.0,
+        baseline_advantage: float = 0.01,
+        interaction_ridge: float = 1.0,
+        standardize: bool = True,
     ) -> None:
         super().__init__(design)
+        if model not in MODELS:
+            raise ConfigError(
+                f"policy.{self.name}.model", f"must be one of {', '.join(MODELS)}, got {model!r}"
+            )
+        if not isinstance(standardize, bool):
+            raise ConfigError(
+                f"policy.{self.name}.standardize", f"must be true or false, got {standardize!r}"
+            )
+        self.model_option = model
+        self.model = model if model != "auto" else self._auto_model(design)
         self.ridge = check_positive(self.name, "ridge", ridge)
         self.noise = check_positive(self.name, "noise", noise)
-        # The model fits r - prior_mean, so ridge shrinks towards a middling reward, not towards 0.
         self.prior_mean = check_positive(self.name, "prior_mean", prior_mean, allow_zero=True)
+        self.baseline_advantage = check_positive(
+            self.name, "baseline_advantage", baseline_advantage, allow_zero=True
+        )
+        if self.prior_mean + self.baseline_advantage > 1.0:
+            raise ConfigError(
+                f"policy.{self.name}.prior_mean",
+                "prior_mean + baseline_advantage must be <= 1 (rewards lie in [0, 1])",
+            )
         self.interaction_ridge = check_positive(self.name, "interaction_ridge", interaction_ridge)
+        self.standardize = standardize
         dc, m = design.context_dim, design.n_interacting
         n_features = design.features.shape[1]
+        self.arm_prior = np.full(design.n_arms, self.prior_mean)
+        self.arm_prior[design.baseline] += self.baseline_advantage
+        # Running moments of the contexts learned from, and the standardization in use.
+        self.scaled = np.zeros(dc, dtype=bool)
+        if standardize:
+            self.scaled[list(design.scaled)] = True
+        self.seen = np.zeros(1)
+        self.running_mean = np.zeros(dc)
+        self.running_m2 = np.zeros(dc)
+        self.center = np.zeros(dc)
+        self.scale = np.ones(dc)
+        if self.model == "per_arm":
+            self.dim = dc
+            prior = np.full(dc, self.ridge)
+            k = design.n_arms
+            self.prior_precision = prior
+            self.A: FloatArray = np.broadcast_to(np.diag(prior), (k, dc, dc)).copy()
+            self.A_inv: FloatArray = np.broadcast_to(np.diag(1.0 / prior), (k, dc, dc)).copy()
+            self.b: FloatArray = np.zeros((k, dc))
+            self.theta: FloatArray = np.zeros((k, dc))
+            return
         self.dim = dc * m + (n_features - m)
-        # Hierarchical prior: a context × arm interaction is a priori smaller than a main
-        # effect, so it gets a stronger ridge (interaction_ridge × ridge).
+        # A context × arm interaction may get a stronger ridge than a main effect.
         prior = np.full(self.dim, self.ridge)
         crossed = np.zeros((dc, m), dtype=bool)
         crossed[1:, 1:] = True
         prior[: dc * m][crossed.ravel()] *= self.interaction_ridge
         self.prior_precision = prior
-        self.A: FloatArray = np.diag(prior)
-        self.A_inv: FloatArray = np.diag(1.0 / prior)
-        self.b: FloatArray = np.zeros(self.dim)
-        self.theta: FloatArray = np.zeros(self.dim)
+        self.A = np.diag(prior)
+        self.A_inv = np.diag(1.0 / prior)
+        self.b = np.zeros(self.dim)
+        self.theta = np.zeros(self.dim)
         # M(x) has x in fixed positions of its upper block and an identity lower block.
         self._M = np.zeros((self.dim, n_features))
         self._M[dc * m :, m:] = np.eye(n_features - m)
@@ -66,16 +149,38 @@ class LinearPolicy(Policy):
         self._Z_for: IntArray | None = None
         self._Z: FloatArray = design.features
 
-    def linear_hyperparameters(self) -> dict[str, float]:
+    @staticmethod
+    def _auto_model(design: ArmDesign) -> str:
+        return "per_arm" if is_label_design(design) else "shared"
+
+    def linear_hyperparameters(self) -> dict[str, Any]:
         return {
+            "model": self.model_option,
             "ridge": self.ridge,
             "noise": self.noise,
             "prior_mean": self.prior_mean,
+            "baseline_advantage": self.baseline_advantage,
             "interaction_ridge": self.interaction_ridge,
+            "standardize": self.standardize,
         }
 
+    # -- inputs -----------------------------------------------------------------------
+
+    def standardized(self, x: FloatArray) -> FloatArray:
+        """The context vector (or rows of contexts) in the model's coordinates."""
+        if x.shape[-1] != self.design.context_dim:
+            raise ValueError(
+                f"context vector must have shape ({self.design.context_dim},), got {x.shape}"
+            )
+        if not self.standardize:
+            return x
+        out: FloatArray = (x - self.center) / self.scale
+        return out
+
     def project(self, x: FloatArray) -> FloatArray:
-        """M(x): φ(x, a) = M(x) @ z_a."""
+        """M(x) of the shared model (``x`` already standardized): φ(x, a) = M(x) @ z_a."""
+        if self.model != "shared":
+            raise ValueError("project() belongs to the shared model")
         if x.shape != (self.design.context_dim,):
             raise ValueError(
                 f"context vector must have shape ({self.design.context_dim},), got {x.shape}"
@@ -84,11 +189,24 @@ class LinearPolicy(Policy):
         self._x_slots[...] = x[:, None]
         return self._M
 
+    # -- moments ----------------------------------------------------------------------
+
     def moments(
         self, x: FloatArray, arms: IntArray
-    ) -> tuple[FloatArray, FloatArray, FloatArray, FloatArray]:
-        """(μ per arm, variance factor φᵀA⁻¹φ per arm, projected θ, projected A⁻¹)."""
-        M = self.project(x)
+    ) -> tuple[FloatArray, FloatArray, FloatArray | None, FloatArray | None]:
+        """(mean reward per arm, variance factor φᵀA⁻¹φ per arm, projected θ, projected A⁻¹).
+
+        The projections exist for the shared model only (``None`` for per_arm).
+        """
+        xs = self.standardized(x)
+        if self.model == "per_arm":
+            Ainv = self.A_inv[arms]
+            mean = self.theta[arms] @ xs
+            mean += self.arm_prior[arms]
+            width = np.einsum("aij,i,j->a", Ainv, xs, xs)
+            np.maximum(width, 0.0, out=width)
+            return mean, width, None, None
+        M = self.project(xs)
         Mt = M.T
         mu = Mt @ self.theta
         G = Mt @ (self.A_inv @ M)
@@ -96,27 +214,35 @@ class LinearPolicy(Policy):
             self._Z, self._Z_for = self.design.features[arms], arms
         Z = self._Z
         mean = Z @ mu
-        mean += self.prior_mean
+        mean += self.arm_prior[arms]
         width = (Z @ G * Z).sum(axis=1)
         np.maximum(width, 0.0, out=width)
         return mean, width, mu, G
 
     def moments_many(self, X: FloatArray, arms: IntArray) -> tuple[FloatArray, FloatArray]:
-        """(μ, φᵀA⁻¹φ) of every arm in every row of ``X``: each (n, len(arms)).
+        """(mean, φᵀA⁻¹φ) of every arm in every row of ``X``: each (n, len(arms)).
 
-        With φ(x, a) = [x ⊗ z₁, z₂] (z₁ = z_a[:m], z₂ = z_a[m:]) and A⁻¹ in
-        blocks P, Q, R, the width is xᵀC_a x + 2xᵀu_a + c_a for per-arm
+        Shared model: with φ(x, a) = [x ⊗ z₁, z₂] (z₁ = z_a[:m], z₂ = z_a[m:]) and
+        A⁻¹ in blocks P, Q, R, the width is xᵀC_a x + 2xᵀu_a + c_a for per-arm
         C_a = Σ z₁ⱼ P[·,j,·,l] z₁ₗ, u_a = Σ z₁ⱼ Q[·,j,·] z₂ and c_a = z₂ᵀRz₂, which
         are computed once: a batch costs O(n·(d²m² + k·m²)/4), not n projections.
         """
         dc, m = self.design.context_dim, self.design.n_interacting
         if X.ndim != 2 or X.shape[1] != dc:
             raise ValueError(f"contexts must have shape (n, {dc}), got {X.shape}")
+        X = self.standardized(X)
+        if self.model == "per_arm":
+            mean = X @ self.theta[arms].T + self.arm_prior[arms]
+            width = np.empty_like(mean)
+            for column, arm in enumerate(arms):
+                width[:, column] = np.einsum("ni,ij,nj->n", X, self.A_inv[arm], X)
+            np.maximum(width, 0.0, out=width)
+            return mean, width
         Z = self.design.features[arms]
         Z1, Z2 = Z[:, :m], Z[:, m:]
         cut = dc * m
         mean = X @ (self.theta[:cut].reshape(dc, m) @ Z1.T)
-        mean += Z2 @ self.theta[cut:] + self.prior_mean
+        mean += Z2 @ self.theta[cut:] + self.arm_prior[arms]
         P = self.A_inv[:cut, :cut].reshape(dc, m, dc, m)
         Q = self.A_inv[:cut, cut:].reshape(dc, m, -1)
         R = self.A_inv[cut:, cut:]
@@ -145,57 +271,149 @@ class LinearPolicy(Policy):
         mean, width, _, _ = self.moments(x, arms)
         return mean, self.noise * np.sqrt(width)
 
+    # -- learning ---------------------------------------------------------------------
+
     def _update(self, x: FloatArray, arm: int, reward: float) -> None:
-        phi = self.project(x) @ self.design.features[arm]
-        A_inv_phi = self.A_inv @ phi
-        denominator = 1.0 + float(phi @ A_inv_phi)
-        gain = A_inv_phi / denominator
-        residual = reward - self.prior_mean
-        self.theta += gain * (residual - float(phi @ self.theta))
-        # Rank-one updates in place with BLAS dger (on the transposed, Fortran-ordered
-        # views of the C-ordered matrices): 4x faster than subtracting an np.outer.
-        _ger(-1.0, A_inv_phi, gain, a=self.A_inv.T, overwrite_a=True)
-        _ger(1.0, phi, phi, a=self.A.T, overwrite_a=True)
-        self.b += residual * phi
-        if (self.revision + 1) % self.refresh_every == 0:
+        if x.shape != (self.design.context_dim,):
+            raise ValueError(
+                f"context vector must have shape ({self.design.context_dim},), got {x.shape}"
+            )
+        self._observe(x)
+        xs = self.standardized(x)
+        residual = reward - float(self.arm_prior[arm])
+        if self.model == "per_arm":
+            A_inv = self.A_inv[arm]
+            A_inv_x = A_inv @ xs
+            gain = A_inv_x / (1.0 + float(xs @ A_inv_x))
+            theta = self.theta[arm]
+            theta += gain * (residual - float(xs @ theta))
+            A_inv -= np.outer(A_inv_x, gain)
+            self.A[arm] += np.outer(xs, xs)
+            self.b[arm] += residual * xs
+        else:
+            phi = self.project(xs) @ self.design.features[arm]
+            A_inv_phi = self.A_inv @ phi
+            gain = A_inv_phi / (1.0 + float(phi @ A_inv_phi))
+            self.theta += gain * (residual - float(phi @ self.theta))
+            # Rank-one updates in place with BLAS dger (on the transposed, Fortran-ordered
+            # views of the C-ordered matrices): 4x faster than subtracting an np.outer.
+            _ger(-1.0, A_inv_phi, gain, a=self.A_inv.T, overwrite_a=True)
+            _ger(1.0, phi, phi, a=self.A.T, overwrite_a=True)
+            self.b += residual * phi
+        n = self.revision + 1
+        if (n <= REFRESH and n & (n - 1) == 0) or n % REFRESH == 0:
             self._refresh()
 
+    def _observe(self, x: FloatArray) -> None:
+        """Fold ``x`` into the running moments of the scaled columns (winsorized after warm-up)."""
+        if not self.standardize:
+            return
+        n = float(self.seen[0])
+        value = x
+        if n >= WARMUP:
+            spread = WINSOR * np.sqrt(self.running_m2 / (n - 1.0))
+            value = np.clip(x, self.running_mean - spread, self.running_mean + spread)
+        n += 1.0
+        delta = np.where(self.scaled, value - self.running_mean, 0.0)
+        self.running_mean += delta / n
+        self.running_m2 += delta * np.where(self.scaled, value - self.running_mean, 0.0)
+        self.seen[0] = n
+
     def _refresh(self) -> None:
+        """Adopt the running statistics (re-expressing what was learned) and re-invert A."""
+        if self.standardize:
+            n = float(self.seen[0])
+            center = np.where(self.scaled, self.running_mean, 0.0)
+            variance = self.running_m2 / max(n - 1.0, 1.0)
+            scale = np.where(self.scaled & (variance > 1e-24), np.sqrt(variance), 1.0)
+            if n >= 1 and not (
+                np.array_equal(center, self.center) and np.array_equal(scale, self.scale)
+            ):
+                self._rebase(center, scale)
+        self._reinvert()
+
+    def _rebase(self, center: FloatArray, scale: FloatArray) -> None:
+        # x̃' = T x̃: x = c + s·x̃, so x̃' = (c − c')/s' + (s/s')·x̃ (the bias column stays 1).
+        dc = self.design.context_dim
+        T = np.diag(self.scale / scale)
+        T[:, 0] += (self.center - center) / scale
+        self.center, self.scale = center, scale
+        if self.model == "per_arm":
+            data = self.A - np.diag(self.prior_precision)
+            self.A = T @ data @ T.T + np.diag(self.prior_precision)
+            self.b = self.b @ T.T
+            return
+        m = self.design.n_interacting
+        cut = dc * m
+        full = np.eye(self.dim)
+        full[:cut, :cut] = np.kron(T, np.eye(m))
+        data = self.A - np.diag(self.prior_precision)
+        self.A = full @ data @ full.T + np.diag(self.prior_precision)
+        self.b = full @ self.b
+
+    def _reinvert(self) -> None:
         inverse = np.asarray(np.linalg.inv(self.A), dtype=np.float64)
-        self.A_inv = np.ascontiguousarray((inverse + inverse.T) / 2)
-        self.theta = self.A_inv @ self.b
+        self.A = (self.A + np.swapaxes(self.A, -1, -2)) / 2
+        self.A_inv = np.ascontiguousarray((inverse + np.swapaxes(inverse, -1, -2)) / 2)
+        self.theta = np.einsum("...ij,...j->...i", self.A_inv, self.b)
+
+    # -- state ------------------------------------------------------------------------
 
     def _state(self) -> dict[str, FloatArray]:
-        # A is symmetric: its upper triangle suffices.  A⁻¹ and θ are stored as they are
-        # (not recomputed) so a restored policy decides bit-identically to the original.
+        # A⁻¹ and θ are stored as they are (not recomputed) so a restored policy decides
+        # bit-identically to the original.
         return {
-            "A_upper": self.A[np.triu_indices(self.dim)],
+            "A": self.A,
             "b": self.b,
             "A_inv": self.A_inv,
             "theta": self.theta,
+            "seen": self.seen,
+            "running_mean": self.running_mean,
+            "running_m2": self.running_m2,
+            "center": self.center,
+            "scale": self.scale,
         }
 
     def _load_state(self, state: Mapping[str, FloatArray]) -> None:
-        d = self.dim
-        shapes = {"A_upper": (d * (d + 1) // 2,), "b": (d,), "A_inv": (d, d), "theta": (d,)}
-        for key, shape in shapes.items():
+        for key, current in self._state().items():
             value = state.get(key)
-            if value is None or value.shape != shape:
+            if value is None or value.shape != current.shape:
                 raise SnapshotError(
-                    f"{self.label} snapshot does not match a {d}-dimensional model ({key})"
+                    f"{self.label} snapshot does not match a {self.model} model of "
+                    f"{self.dim} dimensions ({key})"
                 )
-        A = np.zeros((d, d))
-        A[np.triu_indices(d)] = state["A_upper"]
-        self.A = np.ascontiguousarray(A + np.triu(A, 1).T)
-        self.b = np.asarray(state["b"], dtype=np.float64)
+        self.A = np.ascontiguousarray(state["A"], dtype=np.float64)
+        self.b = np.array(state["b"], dtype=np.float64)
         self.A_inv = np.ascontiguousarray(state["A_inv"], dtype=np.float64)
-        self.theta = np.asarray(state["theta"], dtype=np.float64)
+        self.theta = np.array(state["theta"], dtype=np.float64)
+        self.seen = np.array(state["seen"], dtype=np.float64)
+        self.running_mean = np.array(state["running_mean"], dtype=np.float64)
+        self.running_m2 = np.array(state["running_m2"], dtype=np.float64)
+        self.center = np.array(state["center"], dtype=np.float64)
+        self.scale = np.array(state["scale"], dtype=np.float64)
 
     def merge(self, other: LinearPolicy) -> None:
-        """Add another replica's sufficient statistics (both started from the same prior)."""
-        if other.dim != self.dim or other.design.digest != self.design.digest:
+        """Add another replica's sufficient statistics (both started from the same prior).
+
+        The other replica's statistics are first re-expressed in this one's
+        coordinates; the running moments combine by Chan et al.'s parallel formula.
+        """
+        if (
+            other.dim != self.dim
+            or other.model != self.model
+            or other.design.digest != self.design.digest
+        ):
             raise ValueError("cannot merge policies of different designs")
-        self.A += other.A - np.diag(other.prior_precision)
-        self.b += other.b
+        twin = copy.deepcopy(other)
+        twin._rebase(self.center, self.scale)
+        self.A += twin.A - np.diag(other.prior_precision)
+        self.b += twin.b
+        n1, n2 = float(self.seen[0]), float(other.seen[0])
+        if n2 > 0:
+            total = n1 + n2
+            delta = other.running_mean - self.running_mean
+            self.running_mean = self.running_mean + delta * (n2 / total)
+            self.running_m2 = self.running_m2 + other.running_m2 + delta**2 * (n1 * n2 / total)
+            self.seen[0] = total
         self.revision += other.revision
-        self._refresh()
+        self._reinvert()

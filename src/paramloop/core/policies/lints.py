@@ -28,10 +28,10 @@ from paramloop.core.policies.linear import LinearPolicy
 
 @register
 class LinTS(LinearPolicy):
-    """Thompson sampling on a shared ridge model; ``draws`` Monte Carlo draws per decision."""
+    """Thompson sampling on a ridge model (shared or per arm); ``draws`` Monte Carlo draws per decision."""
 
     name = "lints"
-    version = "1.0.0"
+    version = "2.0.0"
     stochastic = True
 
     def __init__(
@@ -40,18 +40,9 @@ class LinTS(LinearPolicy):
         *,
         draws: int = 256,
         inflation: float = 1.0,
-        ridge: float = 1.0,
-        noise: float = 0.1,
-        prior_mean: float = 0.5,
-        interaction_ridge: float = 10.0,
+        **linear: Any,
     ) -> None:
-        super().__init__(
-            design,
-            ridge=ridge,
-            noise=noise,
-            prior_mean=prior_mean,
-            interaction_ridge=interaction_ridge,
-        )
+        super().__init__(design, **linear)
         self.draws = check_draws(self.name, draws)
         self.inflation = check_positive(self.name, "inflation", inflation)
 
@@ -62,10 +53,14 @@ class LinTS(LinearPolicy):
             raise ValueError("LinTS needs an rng for its Monte Carlo draws")
         mean, width, mu, G = self.moments(x, arms)
         scale = self.noise * self.inflation
+        if mu is None or G is None:  # per-arm models are independent: draw each arm's mean
+            noise = rng.standard_normal((self.draws, len(arms)))
+            samples = mean + scale * np.sqrt(width) * noise
+            return monte_carlo_best(samples), mean, self.noise * np.sqrt(width)
         k = G.shape[0]
         L = np.linalg.cholesky(G + 1e-12 * np.eye(k))
         draws = mu + scale * rng.standard_normal((self.draws, k)) @ L.T
-        samples = draws @ self.design.features[arms].T
+        samples = draws @ self.design.features[arms].T + self.arm_prior[arms]
         return monte_carlo_best(samples), mean, self.noise * np.sqrt(width)
 
     def hyperparameters(self) -> dict[str, Any]:

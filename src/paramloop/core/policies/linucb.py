@@ -1,12 +1,21 @@
-"""LinUCB over action-dependent features (Li, Chu, Langford & Schapire, WWW 2010).
+"""LinUCB (Li, Chu, Langford & Schapire, WWW 2010) with a shrinking, gap-aware support share.
 
-The score of an arm is its ridge estimate plus ``alpha`` times its posterior
-width; the policy puts all its mass on the best score (ties split), and gets
-its support from :func:`~paramloop.core.policies.base.decide`'s exploration floor.
+The score of an arm is its ridge estimate plus ``alpha`` times its width
+√(φᵀA⁻¹φ); most of the probability goes to the best score (ties split).  So
+that every feasible arm stays supported for off-policy evaluation, a share
+
+    ε_t = support · √(K / (K + t))          (t = updates learned, K = feasible arms)
+
+is spread by inverse gap weighting over the posterior means (see
+:func:`~paramloop.core.policies.base.inverse_gap_weights`, γ_t = ``gamma`` · √(t + 1)):
+the share shrinks as evidence accumulates, and an arm whose mean lies far below
+the best (a dearer model with no better quality, say) gets little of it — never
+a fixed uniform share.  Every arm keeps a positive probability.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +27,8 @@ from paramloop.core.policies.base import (
     IntArray,
     argmax_share,
     check_positive,
+    check_share,
+    inverse_gap_weights,
     register,
 )
 from paramloop.core.policies.linear import LinearPolicy
@@ -25,12 +36,14 @@ from paramloop.core.policies.linear import LinearPolicy
 
 @register
 class LinUCB(LinearPolicy):
-    """Upper confidence bound on a shared ridge model.
+    """Upper confidence bound on a ridge model (shared or per arm), with a support share.
 
     >>> import numpy as np
     >>> from paramloop.core.policies.base import ArmDesign
-    >>> design = ArmDesign(np.array([[1.0, -1.0], [1.0, 1.0]]), n_interacting=2, context_dim=1, baseline=0)
-    >>> policy = LinUCB(design, alpha=0.5)
+    >>> design = ArmDesign(np.array([[1.0, 0.0], [1.0, 1.0]]), n_interacting=2, context_dim=1, baseline=0)
+    >>> policy = LinUCB(design, support=0.0)
+    >>> policy.probabilities(np.ones(1), np.arange(2)).tolist()  # no evidence: the baseline
+    [1.0, 0.0]
     >>> for _ in range(20):
     ...     policy.update(np.ones(1), 1, 0.9)
     ...     policy.update(np.ones(1), 0, 0.1)
@@ -39,33 +52,42 @@ class LinUCB(LinearPolicy):
     """
 
     name = "linucb"
-    version = "1.0.0"
+    version = "2.0.0"
+    default_exploration = 0.0
 
     def __init__(
         self,
         design: ArmDesign,
         *,
-        alpha: float = 0.5,
-        ridge: float = 1.0,
-        noise: float = 0.1,
-        prior_mean: float = 0.5,
-        interaction_ridge: float = 10.0,
+        alpha: float = 1.0,
+        support: float = 0.05,
+        gamma: float = 10.0,
+        **linear: Any,
     ) -> None:
-        super().__init__(
-            design,
-            ridge=ridge,
-            noise=noise,
-            prior_mean=prior_mean,
-            interaction_ridge=interaction_ridge,
-        )
+        super().__init__(design, **linear)
         self.alpha = check_positive(self.name, "alpha", alpha, allow_zero=True)
+        self.support = check_share(self.name, "support", support)
+        self.gamma = check_positive(self.name, "gamma", gamma, allow_zero=True)
+
+    @property
+    def keeps_support(self) -> bool:
+        return self.support > 0.0
+
+    def support_share(self, k: int) -> float:
+        """ε_t: the share spread over the arms by inverse gap weighting."""
+        return self.support * math.sqrt(k / (k + self.revision))
 
     def _distribution(
         self, x: FloatArray, arms: IntArray, rng: np.random.Generator | None
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         mean, width, _, _ = self.moments(x, arms)
         root = np.sqrt(width)
-        return argmax_share(mean + self.alpha * root), mean, self.noise * root
+        probs = argmax_share(mean + self.alpha * root)
+        share = self.support_share(len(arms))
+        if share > 0.0 and len(arms) > 1:
+            gamma = self.gamma * math.sqrt(self.revision + 1)
+            probs = (1.0 - share) * probs + share * inverse_gap_weights(mean, gamma)
+        return probs, mean, self.noise * root
 
     def _probabilities_many(
         self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
@@ -73,11 +95,17 @@ class LinUCB(LinearPolicy):
         mean, width = self.moments_many(X, arms)
         scores = mean + self.alpha * np.sqrt(width)
         best = scores == scores.max(axis=1, keepdims=True)
-        share: FloatArray = best / best.sum(axis=1, keepdims=True)
-        return share
+        probs: FloatArray = best / best.sum(axis=1, keepdims=True)
+        share = self.support_share(len(arms))
+        if share > 0.0 and len(arms) > 1:
+            gamma = self.gamma * math.sqrt(self.revision + 1)
+            probs = (1.0 - share) * probs + share * inverse_gap_weights(mean, gamma)
+        return probs
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
             "alpha": self.alpha,
+            "support": self.support,
+            "gamma": self.gamma,
             **self.linear_hyperparameters(),
         }
