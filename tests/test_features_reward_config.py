@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_published_fields_are_all_declared() -> None:
     assert FEATURIZER.dim == 16 == len(FEATURIZER.columns)
 
 
-def test_encoding_is_deterministic_and_bounded() -> None:
+def test_encoding_is_deterministic_and_keeps_the_natural_scale() -> None:
     context, x, fp = FEATURIZER.featurize(
         {
             "risk_tier": "low",
@@ -53,8 +54,10 @@ def test_encoding_is_deterministic_and_bounded() -> None:
             "model_name": "other",
         }
     )
-    assert x[0] == 1.0 and x.min() >= 0.0 and x.max() <= 1.0
-    assert x[FEATURIZER.columns.index("prompt_tokens")] == 1.0  # saturates at the cap
+    assert x[0] == 1.0 and x.min() >= 0.0
+    # log1p, no cap and no squeeze: the policies standardize scaled columns themselves.
+    assert x[FEATURIZER.columns.index("prompt_tokens")] == pytest.approx(math.log1p(10**9))
+    assert FEATURIZER.columns.index("prompt_tokens") in FEATURIZER.scaled
     assert context["complexity_indicators"] == ("a", "b")
     assert (
         x[FEATURIZER.columns.index("model_name=gpt-small")] == 0.0
@@ -105,7 +108,7 @@ def test_fingerprint_is_stable_and_distinguishes(a: int, b: int) -> None:
 
 
 def test_feature_errors_name_the_feature() -> None:
-    with pytest.raises(FeatureError, match="'max_loc': must be >= 0"):
+    with pytest.raises(FeatureError, match=r"'max_loc': must lie in \[0, inf\], got -1"):
         FEATURIZER.validate({"max_loc": -1})
     with pytest.raises(FeatureError, match="'max_loc': must be a whole number"):
         FEATURIZER.validate({"max_loc": 1.5})
@@ -120,16 +123,20 @@ def test_feature_errors_name_the_feature() -> None:
 def test_user_declared_features_and_config_errors() -> None:
     f = Featurizer(
         [
-            NumericFeature("budget", cap=100, scale="linear"),
+            NumericFeature("budget", lower=0, upper=100),
             CategoricalFeature("lang", ("en", "de")),
         ]
     )
     assert f.dim == 4
-    np.testing.assert_allclose(f.featurize({"budget": 50, "lang": "de"})[1], [1.0, 0.5, 0.0, 1.0])
+    np.testing.assert_allclose(f.featurize({"budget": 50, "lang": "de"})[1], [1.0, 50.0, 0.0, 1.0])
     with pytest.raises(ConfigError, match="duplicate feature names: x"):
-        Featurizer([NumericFeature("x", cap=1), NumericFeature("x", cap=2)])
-    with pytest.raises(ConfigError, match=r"features\.x\.cap"):
-        Featurizer([NumericFeature("x", cap=0)])
+        Featurizer([NumericFeature("x"), NumericFeature("x", upper=2)])
+    with pytest.raises(ConfigError, match=r"features\.x\.upper"):
+        NumericFeature("x", lower=1, upper=0)
+    with pytest.raises(ConfigError, match=r"features\.x\.default"):
+        NumericFeature("x", lower=1)
+    with pytest.raises(ConfigError, match=r"features\.c\.levels"):
+        CategoricalFeature("c")
 
 
 def test_reward_weights_scales_and_penalties() -> None:

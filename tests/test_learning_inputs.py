@@ -126,7 +126,7 @@ def test_undeclared_keys_are_hashed_into_a_fixed_width_deterministically(
 
 def test_undeclared_keys_are_refused_by_default_and_bad_values_named() -> None:
     f = Featurizer([NumericFeature("declared")])
-    with pytest.raises(FeatureError, match="'other': is not declared.*undeclared = \"hash\""):
+    with pytest.raises(FeatureError, match=r"'other': is not declared.*undeclared = \"hash\""):
         f.featurize({"other": 1})
     open_ = Featurizer([], undeclared="hash")
     with pytest.raises(FeatureError, match="'x': must be finite"):

@@ -121,8 +121,8 @@ def test_bad_inputs_have_specific_errors_and_change_nothing(
         FeatureError, match="'colour': is not declared; declared features: risk_tier"
     ):
         opt.recommend("summarize", {"colour": "blue"})
-    with pytest.raises(FeatureError, match="'has_external_deps': must be true or false"):
-        opt.recommend("summarize", {"has_external_deps": 1})
+    with pytest.raises(FeatureError, match="'has_external_deps': must be true/false or 0/1"):
+        opt.recommend("summarize", {"has_external_deps": 2})
     with pytest.raises(InputError, match="seed: must be an integer in"):
         opt.recommend("summarize", {}, seed=-1)
     with pytest.raises(InputError, match="request_id: must be a non-empty string"):

@@ -17,7 +17,7 @@ TASK = "summarization"
 
 
 def test_spend_never_passes_the_daily_limit_and_the_baseline_takes_over() -> None:
-    limit = 60_000.0
+    limit = 90_000.0
     config = replace(
         default_tasks(task_types=[TASK], exploration=0.3)[0],
         budget=BudgetLimits(tokens_per_day=limit, over_budget_action="baseline"),

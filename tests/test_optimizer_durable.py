@@ -130,7 +130,9 @@ def test_a_snapshot_of_another_policy_configuration_is_not_restored(
     open_store_at: OpenStore,
 ) -> None:
     clock = Clock()
-    old = Optimizer(configs(snapshot_every=10), open_store_at(), clock=clock)
+    old = Optimizer(
+        configs(snapshot_every=10, policy_params={"alpha": 0.5}), open_store_at(), clock=clock
+    )
     play(old, 25, seed=11, clock=clock)
     assert linucb(old).alpha == 0.5
 

@@ -263,7 +263,9 @@ def test_linear_update_matches_batch_ridge_solution(model: str) -> None:
     Xs = policy.standardized(X)
     y = np.array(rewards) - policy.arm_prior[np.array(arms)]
     if model == "shared":
-        rows = np.array([policy.project(x) @ policy.design.features[a] for x, a in zip(Xs, arms)])
+        rows = np.array(
+            [policy.project(x) @ policy.design.features[a] for x, a in zip(Xs, arms, strict=True)]
+        )
         prior = np.diag(policy.prior_precision)
         theta = np.linalg.solve(rows.T @ rows + prior, rows.T @ y)
         np.testing.assert_allclose(policy.theta, theta, atol=1e-9)

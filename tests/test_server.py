@@ -35,11 +35,13 @@ WAIT_S = 120.0
 CONFIG: dict[str, Any] = {
     "tasks": {
         "qa": {
+            "preset": "published",
             "baseline": {"model": "small", "temperature": 0.4, "max_tokens": 32},
             "space": {"temperature": [0.0, 0.4, 0.8], "max_tokens": [16, 32]},
             "reward_wait_s": WAIT_S,
         },
         "rated": {
+            "preset": "published",
             "baseline": {"model": "small", "temperature": 0.7, "max_tokens": 64},
             "space": {"temperature": [0.5, 0.7, 0.9]},
             "reward_wait_s": WAIT_S,

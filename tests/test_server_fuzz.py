@@ -45,6 +45,7 @@ def test_no_route_answers_with_a_server_error(tmp_path: Path) -> None:
     config: dict[str, Any] = {
         "tasks": {
             "qa": {
+                "preset": "published",
                 "baseline": {"model": "small", "temperature": 0.4, "max_tokens": 32},
                 "space": {"temperature": [0.0, 0.4, 0.8], "max_tokens": [16, 32]},
                 "budget": {"tokens_per_day": 1_000_000},

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from paramloop.errors import ConfigError, OutcomeError
 
@@ -47,7 +47,8 @@ class Params:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     max_tokens_field: str = "max_tokens"
-    choices: tuple[tuple[str, str], ...] = ()
+    #: Given as a mapping or pairs; always sorted pairs once constructed.
+    choices: tuple[tuple[str, str], ...] | Mapping[str, str] = ()
 
     def __post_init__(self) -> None:
         choices: Any = self.choices
@@ -66,9 +67,14 @@ class Params:
         if choices is not self.choices:
             object.__setattr__(self, "choices", choices)
 
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """``choices`` as sorted (name, level) pairs."""
+        return cast(tuple[tuple[str, str], ...], self.choices)
+
     def choice(self, name: str) -> str:
         """This arm's level of the generic dimension ``name`` (KeyError if it has none)."""
-        for key, value in self.choices:
+        for key, value in self.pairs:
             if key == name:
                 return value
         raise KeyError(name)
@@ -104,7 +110,7 @@ class Params:
             "stop": list(self.stop),
             "seed": self.seed,
             "max_tokens_field": self.max_tokens_field,
-            "choices": dict(self.choices),
+            "choices": dict(self.pairs),
         }
 
     @classmethod

@@ -437,7 +437,7 @@ def _choices(
                         f"{where}.{level}.{key}", f"must be a finite number, got {value!r}"
                     )
             table[level] = {str(k): float(v) for k, v in features.items()}
-        given = dict(baseline.choices)
+        given = dict(baseline.pairs)
         if name not in given:
             raise ConfigError(f"baseline.choices.{name}", f"is required: one of {', '.join(table)}")
         if given[name] not in table:
@@ -445,7 +445,7 @@ def _choices(
                 f"baseline.choices.{name}", f"{given[name]!r} is not one of {', '.join(table)}"
             )
         out[name] = table
-    unknown = sorted(set(dict(baseline.choices)) - set(out))
+    unknown = sorted(set(dict(baseline.pairs)) - set(out))
     if unknown:
         raise ConfigError(f"baseline.choices.{unknown[0]}", "is not a declared choice dimension")
     return out

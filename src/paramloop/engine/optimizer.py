@@ -126,10 +126,12 @@ class Optimizer:
     restored and the outcomes logged after it are replayed, so an acknowledged
     outcome is never forgotten by the policy.  ``clock`` returns epoch seconds.
 
+    >>> from paramloop.core.features import NumericFeature
     >>> from paramloop.engine.config import task
     >>> from paramloop.types import Params, Outcome
     >>> opt = Optimizer([task("summarize", baseline=Params("m", temperature=0.3, max_tokens=256),
-    ...                       grids={"temperature": [0.1, 0.3, 0.5]})])
+    ...                       grids={"temperature": [0.1, 0.3, 0.5]},
+    ...                       features=[NumericFeature("prompt_tokens", log=True)])])
     >>> d = opt.recommend("summarize", {"prompt_tokens": 900}, request_id="r1")
     >>> d.params.temperature in (0.1, 0.3, 0.5), 0 < d.propensity <= 1
     (True, True)

@@ -72,7 +72,7 @@ DEFAULTS: Mapping[str, tuple[Params, tuple[int, ...], tuple[str | None, ...] | N
 def default_tasks(
     *,
     policy: str = "linucb",
-    exploration: float = 0.05,
+    exploration: float | None = None,
     task_types: Sequence[str] | None = None,
     policy_params: Mapping[str, Any] | None = None,
 ) -> list[TaskConfig]:

@@ -375,7 +375,7 @@ def inverse_gap_weights(mean: FloatArray, gamma: float) -> FloatArray:
 
     >>> inverse_gap_weights(np.array([0.5, 0.5]), 10.0).tolist()
     [0.5, 0.5]
-    >>> [round(p, 3) for p in inverse_gap_weights(np.array([0.9, 0.4, 0.8]), 10.0)]
+    >>> inverse_gap_weights(np.array([0.9, 0.4, 0.8]), 10.0).round(3).tolist()
     [0.625, 0.125, 0.25]
     """
     k = mean.shape[-1]

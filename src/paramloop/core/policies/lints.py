@@ -52,16 +52,16 @@ class LinTS(LinearPolicy):
         if rng is None:
             raise ValueError("LinTS needs an rng for its Monte Carlo draws")
         mean, width, mu, G = self.moments(x, arms)
-        scale = self.noise * self.inflation
+        scale = self.noise_scale * self.inflation
         if mu is None or G is None:  # per-arm models are independent: draw each arm's mean
             noise = rng.standard_normal((self.draws, len(arms)))
             samples = mean + scale * np.sqrt(width) * noise
-            return monte_carlo_best(samples), mean, self.noise * np.sqrt(width)
+            return monte_carlo_best(samples), mean, self.noise_scale * np.sqrt(width)
         k = G.shape[0]
         L = np.linalg.cholesky(G + 1e-12 * np.eye(k))
         draws = mu + scale * rng.standard_normal((self.draws, k)) @ L.T
         samples = draws @ self.design.features[arms].T + self.arm_prior[arms]
-        return monte_carlo_best(samples), mean, self.noise * np.sqrt(width)
+        return monte_carlo_best(samples), mean, self.noise_scale * np.sqrt(width)
 
     def hyperparameters(self) -> dict[str, Any]:
         return {

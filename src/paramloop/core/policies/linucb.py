@@ -1,7 +1,10 @@
 """LinUCB (Li, Chu, Langford & Schapire, WWW 2010) with a shrinking, gap-aware support share.
 
-The score of an arm is its ridge estimate plus ``alpha`` times its width
-√(φᵀA⁻¹φ); most of the probability goes to the best score (ties split).  So
+The score of an arm is its ridge estimate plus ``alpha`` · R · √(φᵀA⁻¹φ), with
+R = 1/2 the sub-Gaussian constant of any reward in [0, 1] (Hoeffding): the
+bonus does not shrink when the rewards look quiet, which keeps the optimism
+that finds far-off arms (measured: scaling it by the estimated noise instead
+cost the simulator's hardest task types their convergence); most of the probability goes to the best score (ties split).  So
 that every feasible arm stays supported for off-policy evaluation, a share
 
     ε_t = support · √(K / (K + t))          (t = updates learned, K = feasible arms)
@@ -32,6 +35,9 @@ from paramloop.core.policies.base import (
     register,
 )
 from paramloop.core.policies.linear import LinearPolicy
+
+#: R: rewards in [0, 1] are sub-Gaussian with this constant (Hoeffding's lemma).
+BOUNDED_REWARD_SCALE = 0.5
 
 
 @register
@@ -82,18 +88,18 @@ class LinUCB(LinearPolicy):
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         mean, width, _, _ = self.moments(x, arms)
         root = np.sqrt(width)
-        probs = argmax_share(mean + self.alpha * root)
+        probs = argmax_share(mean + self.alpha * BOUNDED_REWARD_SCALE * root)
         share = self.support_share(len(arms))
         if share > 0.0 and len(arms) > 1:
             gamma = self.gamma * math.sqrt(self.revision + 1)
             probs = (1.0 - share) * probs + share * inverse_gap_weights(mean, gamma)
-        return probs, mean, self.noise * root
+        return probs, mean, self.noise_scale * root
 
     def _probabilities_many(
         self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
     ) -> FloatArray:
         mean, width = self.moments_many(X, arms)
-        scores = mean + self.alpha * np.sqrt(width)
+        scores = mean + self.alpha * BOUNDED_REWARD_SCALE * np.sqrt(width)
         best = scores == scores.max(axis=1, keepdims=True)
         probs: FloatArray = best / best.sum(axis=1, keepdims=True)
         share = self.support_share(len(arms))

@@ -68,7 +68,7 @@ class SquareCB(LinearPolicy):
         self, x: FloatArray, arms: IntArray, rng: np.random.Generator | None
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         mean, width, _, _ = self.moments(x, arms)
-        return inverse_gap_weights(mean, self.gamma_t), mean, self.noise * np.sqrt(width)
+        return inverse_gap_weights(mean, self.gamma_t), mean, self.noise_scale * np.sqrt(width)
 
     def _probabilities_many(
         self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
