@@ -23,6 +23,7 @@ from paramloop.cli_rollout import (
 from paramloop.cli_server import serve_command, upstream_app
 from paramloop.core.policies import POLICIES
 from paramloop.engine import Optimizer, TaskConfig, load_config
+from paramloop.engine.config import DEFAULT_POLICY
 from paramloop.errors import ParamloopError
 from paramloop.sim.run import SimulationReport, simulate
 from paramloop.sim.tasks import DEFAULTS, default_tasks
@@ -51,14 +52,19 @@ def _root() -> None:
 def simulate_command(
     rounds: Annotated[int, typer.Option(min=1, help="Rounds (decisions) per task type.")] = 600,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the simulated traffic.")] = 0,
-    policy: Annotated[str, typer.Option(help=f"Policy: {', '.join(sorted(POLICIES))}.")] = "linucb",
+    policy: Annotated[
+        str, typer.Option(help=f"Policy: {', '.join(sorted(POLICIES))}.")
+    ] = DEFAULT_POLICY,
     task_type: Annotated[
         list[str] | None,
         typer.Option("--task-type", "-t", help="Simulate only these task types (repeatable)."),
     ] = None,
     exploration: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="Uniform exploration share.")
-    ] = 0.05,
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="Uniform exploration floor (default: the policy's own rule)."
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(help="TOML task configuration (task types must exist in the simulator)."),
@@ -118,7 +124,11 @@ def simulate_command(
 
 
 def _tasks(
-    config: Path | None, policy: str, exploration: float, only: list[str] | None, world: World
+    config: Path | None,
+    policy: str,
+    exploration: float | None,
+    only: list[str] | None,
+    world: World,
 ) -> list[TaskConfig]:
     if config is not None:
         tasks = list(load_config(config).values())

@@ -14,6 +14,7 @@ from typing import Any
 
 from paramloop.core.space import ModelRule
 from paramloop.engine import TaskConfig, task
+from paramloop.engine.config import DEFAULT_POLICY
 from paramloop.types import Params
 
 MODELS = ("gpt-small", "gpt-large", "reasoner")
@@ -71,7 +72,7 @@ DEFAULTS: Mapping[str, tuple[Params, tuple[int, ...], tuple[str | None, ...] | N
 
 def default_tasks(
     *,
-    policy: str = "linucb",
+    policy: str = DEFAULT_POLICY,
     exploration: float | None = None,
     task_types: Sequence[str] | None = None,
     policy_params: Mapping[str, Any] | None = None,

@@ -39,6 +39,11 @@ the rewards are (Bernoulli clicks or a smooth quality score) instead of a consta
 **Prior.**  The model fits r − m_a, with m_a = ``prior_mean`` for every arm but
 the baseline, whose prior mean is ``prior_mean + baseline_advantage``: with no
 evidence the baseline is the favourite, and moving away from it takes data.
+In the shared model each context × arm interaction gets ``interaction_ridge`` × the
+ridge; by default d − 1 (d: context columns besides the bias), so that *all* the
+interactions of one arm feature together have, a priori, the variance of one main
+effect: the effect-hierarchy principle, stated in units that do not depend on how
+many context features a task declares.
 Rewards reaching a policy are in [0, 1] (the engine rescales a declared reward
 range).
 
@@ -88,7 +93,7 @@ class LinearPolicy(Policy):
         noise: float = 0.3,
         prior_mean: float = 0.5,
         baseline_advantage: float = 0.01,
-        interaction_ridge: float = 1.0,
+        interaction_ridge: float | None = None,
         standardize: bool = True,
     ) -> None:
         super().__init__(design)
@@ -113,9 +118,14 @@ class LinearPolicy(Policy):
                 f"policy.{self.name}.prior_mean",
                 "prior_mean + baseline_advantage must be <= 1 (rewards lie in [0, 1])",
             )
-        self.interaction_ridge = check_positive(self.name, "interaction_ridge", interaction_ridge)
-        self.standardize = standardize
         dc, m = design.context_dim, design.n_interacting
+        self.interaction_ridge_option = interaction_ridge
+        self.interaction_ridge = (
+            float(max(1, dc - 1))
+            if interaction_ridge is None
+            else check_positive(self.name, "interaction_ridge", interaction_ridge)
+        )
+        self.standardize = standardize
         n_features = design.features.shape[1]
         self.arm_prior = np.full(design.n_arms, self.prior_mean)
         self.arm_prior[design.baseline] += self.baseline_advantage
@@ -169,7 +179,7 @@ class LinearPolicy(Policy):
             "noise": self.noise,
             "prior_mean": self.prior_mean,
             "baseline_advantage": self.baseline_advantage,
-            "interaction_ridge": self.interaction_ridge,
+            "interaction_ridge": self.interaction_ridge_option,
             "standardize": self.standardize,
         }
 

@@ -2,9 +2,10 @@
 
 The oracle is the linear model of :mod:`paramloop.core.policies.linear` (shared
 or per arm).  Every arm but the greedy one gets 1/(K + γ_t·(μ_best − μ_a)),
-γ_t = ``gamma`` · (t + 1)^``exponent`` (t = updates learned; Vowpal Wabbit's
-``--squarecb`` defaults are γ = 10, exponent 0.5), and the greedy arm gets the
-rest.  The propensities are exact by construction and every arm keeps a
+γ_t = ``gamma`` · (K·(t + 1))^``exponent`` (t = updates learned, K = feasible
+arms), and the greedy arm gets the rest.  Foster & Rakhlin's analysis sets
+γ ∝ √(K·T); Vowpal Wabbit's ``--squarecb`` drops the K (γ = 10·t^0.5), which
+makes the share explored grow with the number of arms: with K·γ, it does not.  The propensities are exact by construction and every arm keeps a
 positive one, shrinking as its gap is confirmed, so the policy needs no
 exploration floor of its own.
 """
@@ -60,21 +61,25 @@ class SquareCB(LinearPolicy):
     def keeps_support(self) -> bool:
         return True
 
-    @property
-    def gamma_t(self) -> float:
-        return float(self.gamma * float(self.revision + 1) ** self.exponent)
+    def gamma_t(self, k: int) -> float:
+        """γ_t for ``k`` feasible arms."""
+        return float(self.gamma * float(k * (self.revision + 1)) ** self.exponent)
 
     def _distribution(
         self, x: FloatArray, arms: IntArray, rng: np.random.Generator | None
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         mean, width, _, _ = self.moments(x, arms)
-        return inverse_gap_weights(mean, self.gamma_t), mean, self.noise_scale * np.sqrt(width)
+        return (
+            inverse_gap_weights(mean, self.gamma_t(len(arms))),
+            mean,
+            self.noise_scale * np.sqrt(width),
+        )
 
     def _probabilities_many(
         self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
     ) -> FloatArray:
         mean, _ = self.moments_many(X, arms)
-        return inverse_gap_weights(mean, self.gamma_t)
+        return inverse_gap_weights(mean, self.gamma_t(len(arms)))
 
     def hyperparameters(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "exponent": self.exponent, **self.linear_hyperparameters()}
