@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import TypeVar
 
 import numpy as np
 
@@ -11,6 +14,9 @@ from paramloop.core.features import NumericFeature
 from paramloop.core.space import TrustRegion
 from paramloop.engine import TaskConfig, task
 from paramloop.types import Params
+
+J = TypeVar("J")
+R = TypeVar("R")
 
 #: (temperature, max_tokens, top_p) grid sizes giving each benchmarked arm count.
 SHAPES = {8: (4, 2, 1), 64: (8, 8, 1), 256: (8, 8, 4), 1000: (10, 10, 10)}
@@ -81,6 +87,27 @@ def time_calls(fn: Callable[[int], object], n: int, warmup: int = 200) -> np.nda
         fn(warmup + i)
         out[i] = (clock() - start) / 1_000
     return out
+
+
+def run_jobs(
+    run: Callable[[J], R],
+    jobs: Sequence[J],
+    workers: int,
+    progress: Callable[[R, int, int, float], None],
+) -> list[R]:
+    """``run`` every job in fresh (spawned) worker processes, reporting each as it finishes.
+
+    Spawned workers read the BLAS thread limits of the environment when they import numpy.
+    """
+    started = time.perf_counter()
+    results: list[R] = []
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=spawn) as pool:
+        futures = [pool.submit(run, job) for job in jobs]
+        for future in as_completed(futures):
+            results.append(future.result())
+            progress(results[-1], len(results), len(jobs), started)
+    return results
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -43,14 +43,12 @@ import importlib.util
 import inspect
 import json
 import math
-import multiprocessing
 import os
 import statistics
 import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -60,6 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 import paramloop
+from _common import run_jobs
 from paramloop.engine import Optimizer, TaskConfig
 from paramloop.sim import world as world_module
 from paramloop.sim.run import Oracle
@@ -74,7 +73,7 @@ DEFAULT_TASK_TYPES = ("code_review", "summarization", "qa")
 VW_ARGS = "--cb_explore_adf --squarecb -q sa --quiet"
 MABWISER_ALPHA = 1.0
 INSTALL_HINT = "not installed (pip install -e '.[bench]')"
-PARAMLOOP_POLICIES = ("linucb", "lints")
+PARAMLOOP_POLICIES = ("linucb", "squarecb", "lints")
 VW = "vw-squarecb"
 MABWISER = "mabwiser-linucb"
 ALL_LEARNERS = (*(f"paramloop-{policy}" for policy in PARAMLOOP_POLICIES), VW, MABWISER)
@@ -623,7 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": list(range(args.seeds)),
         "task_types": {name: len(c.space.feasible_arms) for name, c in configs.items()},
         "paramloop": f"{paramloop.__version__}, defaults: linucb {policy.hyperparameters()}, "
-        f"lints defaults, exploration {configs[task_types[0]].exploration}",
+        f"squarecb and lints defaults, exploration floor {configs[task_types[0]].effective_exploration}",
         "vw_args": args.vw_args if VW in learners else missing.get(VW, "not run"),
         "mabwiser": (
             f"LinUCB(alpha={MABWISER_ALPHA}), {args.mabwiser_warm} uniform warm-up rounds, "
@@ -666,14 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Longest first (the oracle's cost grows with the arms), so the workers finish together.
     jobs.sort(key=lambda job: -len(configs[job.task_type].space.feasible_arms))
     started = time.perf_counter()
-    results = []
-    # Fresh (spawned) workers read the BLAS thread limits above when they import numpy.
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        for future in as_completed(futures):
-            results.append(future.result())
-            _progress(results[-1], len(results), len(jobs), started)
+    results = run_jobs(run_job, jobs, args.jobs, _progress)
     wall = time.perf_counter() - started
     order = {name: i for i, name in enumerate(task_types)}
     results.sort(key=lambda r: (order[r.task_type], r.seed))

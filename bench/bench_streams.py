@@ -56,14 +56,12 @@ import importlib.metadata
 import importlib.util
 import json
 import math
-import multiprocessing
 import os
 import statistics
 import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +70,7 @@ import numpy as np
 from scipy import stats  # type: ignore[import-untyped, unused-ignore]
 
 import paramloop
-from _common import markdown_table
+from _common import markdown_table, run_jobs
 from paramloop.core.ope import IPS, SNIPS, LoggedBandit
 from paramloop.engine.config import DEFAULT_POLICY
 from streams import (
@@ -497,13 +495,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in range(seeds)
     ]
     started = time.perf_counter()
-    results = []
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=spawn) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        for future in as_completed(futures):
-            results.append(future.result())
-            _progress(results[-1], len(results), len(jobs), started)
+    results = run_jobs(run_job, jobs, args.jobs, _progress)
     wall = time.perf_counter() - started
     order = {name: i for i, name in enumerate(streams)}
     results.sort(key=lambda r: (order[r.stream], r.seed))
@@ -552,7 +544,7 @@ def _settings(
         "rounds": rounds,
         "streams": list(streams),
         "learners": list(learners),
-        "paramloop": f"{paramloop.__version__}, policy {DEFAULT_POLICY} (its defaults), floor 0.05",
+        "paramloop": f"{paramloop.__version__}, policy {DEFAULT_POLICY} with its defaults, through the public API",
         "linucb": "per-arm, alpha 1, ridge 1; greedy: per-arm ridge 1",
         "jobs": jobs,
         "blas_threads_per_worker": {v: os.environ.get(v) for v in _BLAS_THREADS},

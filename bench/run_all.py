@@ -79,6 +79,21 @@ BENCHES: dict[str, tuple[list[str], list[str], str, str]] = {
         "by an asyncio HTTP/1.1 client on loopback; then the proxy's overhead over a stub OpenAI-compatible "
         "upstream that answers at once (direct vs through the proxy, one request at a time).",
     ),
+    "bench_streams": (
+        [],
+        ["--quick"],
+        "(h) public bandit streams",
+        "paramloop's default policy, through its public API, against Vowpal Wabbit squarecb and "
+        "epsilon-greedy, a per-arm numpy LinUCB (alpha 1) and a greedy ridge on eleven public streams "
+        "that are not our simulator, five seeds each, paired differences with 95 % t-intervals.",
+    ),
+    "bench_label_arms": (
+        ["--rounds", "5000"],
+        ["--rounds", "300"],
+        "(i) decide + learn at 10 label arms x 64 numeric features",
+        "`recommend` + `record_outcome` in memory on a task type whose arms are 10 labels (per-arm "
+        "ridge models) and whose context is 64 numbers in their natural scale; and the core alone.",
+    ),
 }
 
 

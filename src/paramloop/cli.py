@@ -352,6 +352,47 @@ def export_command(
     console.print(f"exported {count} decisions of {task_type!r} to {out}.")
 
 
+@app.command(name="import")
+def import_command(
+    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to import into.")],
+    source: Annotated[Path, typer.Argument(help="A Vowpal Wabbit DSJSON file (one event a line).")],
+    config: Annotated[
+        Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+    ] = None,
+    policy: Annotated[
+        str, typer.Option(help="Name of the system that made the decisions.")
+    ] = "external",
+) -> None:
+    """Import decisions another system logged (DSJSON): warm-start the policy, evaluate on them.
+
+    Every event is validated before anything is stored (context, arm, propensity in (0, 1],
+    reward in the task type's range); the first bad one is named by its line.
+    """
+    from paramloop.cli_common import configured_task
+    from paramloop.engine.importers import dsjson_rows, import_rows
+    from paramloop.store import open_store
+
+    with _reported():
+        config_ = configured_task(config, task_type)
+        try:
+            lines = source.read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ParamloopError(f"cannot read {source}: {exc.strerror}") from None
+        rows = dsjson_rows(lines)
+        store = open_store(db)
+        try:
+            optimizer = Optimizer([config_], store)
+            report = import_rows(optimizer, task_type, rows, policy=policy)
+            optimizer.save_snapshots()
+        finally:
+            store.close()
+    console.print(
+        f"imported {report.decisions} decisions ({report.outcomes} with an outcome) of "
+        f"{task_type!r} from {source}; the policy learned from them."
+    )
+
+
 gates_app = typer.Typer(
     help="Quality gates: run them on an evaluation, show a report, approve it.",
     no_args_is_help=True,
