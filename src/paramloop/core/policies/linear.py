@@ -137,6 +137,7 @@ class LinearPolicy(Policy):
         self.scaled = np.zeros(dc, dtype=bool)
         if standardize:
             self.scaled[list(design.scaled)] = True
+        self._scaled_weight = self.scaled.astype(np.float64)  # 1 on scaled columns, else 0
         self.seen = np.zeros(1)
         self.residuals = np.zeros(2)  # [count, sum of squared one-step-ahead errors]
         self.running_mean = np.zeros(dc)
@@ -346,9 +347,9 @@ class LinearPolicy(Policy):
             spread = WINSOR * np.sqrt(self.running_m2 / (n - 1.0))
             value = np.clip(x, self.running_mean - spread, self.running_mean + spread)
         n += 1.0
-        delta = np.where(self.scaled, value - self.running_mean, 0.0)
+        delta = (value - self.running_mean) * self._scaled_weight
         self.running_mean += delta / n
-        self.running_m2 += delta * np.where(self.scaled, value - self.running_mean, 0.0)
+        self.running_m2 += delta * (value - self.running_mean)
         self.seen[0] = n
 
     def _refresh(self) -> None:
