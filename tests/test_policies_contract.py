@@ -39,9 +39,26 @@ def true_reward(x: np.ndarray, arm: int, d: ArmDesign) -> float:
     return float(0.8 - 0.5 * (z - peak) ** 2)
 
 
-@pytest.fixture(params=sorted(POLICIES))
+def label_design(n_arms: int = 12) -> ArmDesign:
+    """Arms that are plain labels (the linear policies pick their per-arm model), with
+    numeric context columns to standardize."""
+    features = np.column_stack([np.ones(n_arms), np.eye(n_arms)[:, 1:]])
+    return ArmDesign(
+        features=features,
+        n_interacting=n_arms,
+        context_dim=N_CONTEXT,
+        baseline=0,
+        scaled=tuple(range(1, N_CONTEXT)),
+    )
+
+
+@pytest.fixture(
+    params=[(name, kind) for name in sorted(POLICIES) for kind in ("structured", "labels")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
 def policy(request: pytest.FixtureRequest) -> Policy:
-    return make_policy(request.param, design())
+    name, kind = request.param
+    return make_policy(name, design() if kind == "structured" else label_design())
 
 
 def train(policy: Policy, rounds: int, seed: int = 0) -> None:
