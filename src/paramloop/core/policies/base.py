@@ -380,10 +380,10 @@ def inverse_gap_weights(mean: FloatArray, gamma: float) -> FloatArray:
     """
     k = mean.shape[-1]
     if mean.ndim == 1:  # one context: plain indexing (the hot path of every decision)
-        top = int(mean.argmax())
-        one: FloatArray = 1.0 / (k + gamma * (mean[top] - mean))
-        one[top] = 0.0
-        one[top] = max(0.0, 1.0 - float(one.sum()))
+        winner = int(mean.argmax())
+        one: FloatArray = 1.0 / (k + gamma * (mean[winner] - mean))
+        one[winner] = 0.0
+        one[winner] = max(0.0, 1.0 - float(one.sum()))
         return one
     best = mean.argmax(axis=-1)[..., None]
     top = np.take_along_axis(mean, best, axis=-1)
