@@ -267,10 +267,15 @@ def test_the_shipped_example_configuration_loads() -> None:
     tasks = load_config(Path(__file__).parents[1] / "examples" / "paramloop.toml")
     assert set(tasks) == {"summarization", "code_review"}
     review = tasks["code_review"]
-    assert review.policy == "lints" and review.featurizer.columns[-2:] == (
+    columns = review.featurizer.columns
+    assert review.policy == "lints" and columns[-20:-16] == (
         "repository_tier=internal",
         "repository_tier=public",
+        "repository_tier=(other)",
+        "diff_lines",
     )
+    assert columns[-16:] == tuple(f"language#{i}" for i in range(16))
+    assert columns.index("diff_lines") in review.featurizer.scaled
     reasoner = [a for a in review.space.arms if a.model == "reasoner"]
     assert reasoner and all(
         a.temperature is None and a.max_tokens_field == "max_completion_tokens" for a in reasoner
