@@ -19,8 +19,9 @@ dimension, no curvature term) and shared otherwise.
 
 **Standardized inputs.**  The numeric context columns (``ArmDesign.scaled``) are
 standardized with running statistics of the contexts learned from (Welford's
-mean and variance, each new value winsorized at 5 standard deviations once 20
-have been seen, so one outlier cannot blow up the scale).  The statistics in
+mean and variance, each new value winsorized at 5 standard deviations — a band
+set at each refresh point once 20 values have been seen — so one outlier cannot
+blow up the scale).  The statistics in
 use change only at refresh points (updates 1, 2, 4, …, 1024, then every 1024);
 the sufficient statistics learned so far are then re-expressed in the new
 coordinates exactly (x̃' = T x̃ is affine, so A − Λ ↦ T(A − Λ)Tᵀ and b ↦ Tb), and A
@@ -55,6 +56,7 @@ Updates are rank one: A⁻¹ by Sherman–Morrison and θ by recursive least squ
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -138,8 +140,11 @@ class LinearPolicy(Policy):
         if standardize:
             self.scaled[list(design.scaled)] = True
         self._scaled_weight = self.scaled.astype(np.float64)  # 1 on scaled columns, else 0
+        self._winsor: tuple[FloatArray, FloatArray] | None = None
         self.seen = np.zeros(1)
-        self.residuals = np.zeros(2)  # [count, sum of squared one-step-ahead errors]
+        # Count and sum of squared one-step-ahead errors (floats: updated on every learn).
+        self.residual_n = 0.0
+        self.residual_ss = 0.0
         self.running_mean = np.zeros(dc)
         self.running_m2 = np.zeros(dc)
         self.center = np.zeros(dc)
@@ -294,8 +299,8 @@ class LinearPolicy(Policy):
     @property
     def noise_scale(self) -> float:
         """σ̂: the estimated standard deviation of the reward noise."""
-        n, ss = float(self.residuals[0]), float(self.residuals[1])
-        return float(np.sqrt((NOISE_PRIOR_WEIGHT * self.noise**2 + ss) / (NOISE_PRIOR_WEIGHT + n)))
+        weight = NOISE_PRIOR_WEIGHT
+        return math.sqrt((weight * self.noise**2 + self.residual_ss) / (weight + self.residual_n))
 
     def _estimate(self, x: FloatArray, arms: IntArray) -> tuple[FloatArray, FloatArray]:
         mean, width, _, _ = self.moments(x, arms)
@@ -332,7 +337,8 @@ class LinearPolicy(Policy):
             _ger(-1.0, A_inv_phi, gain, a=self.A_inv.T, overwrite_a=True)
             _ger(1.0, phi, phi, a=self.A.T, overwrite_a=True)
             self.b += residual * phi
-        self.residuals += (1.0, error * error)
+        self.residual_n += 1.0
+        self.residual_ss += error * error
         n = self.revision + 1
         if (n <= REFRESH and n & (n - 1) == 0) or n % REFRESH == 0:
             self._refresh()
@@ -342,10 +348,7 @@ class LinearPolicy(Policy):
         if not self.standardize:
             return
         n = float(self.seen[0])
-        value = x
-        if n >= WARMUP:
-            spread = WINSOR * np.sqrt(self.running_m2 / (n - 1.0))
-            value = np.clip(x, self.running_mean - spread, self.running_mean + spread)
+        value = x if self._winsor is None else np.clip(x, self._winsor[0], self._winsor[1])
         n += 1.0
         delta = (value - self.running_mean) * self._scaled_weight
         self.running_mean += delta / n
@@ -356,6 +359,9 @@ class LinearPolicy(Policy):
         """Adopt the running statistics (re-expressing what was learned) and re-invert A."""
         if self.standardize:
             n = float(self.seen[0])
+            if n >= WARMUP:  # the winsorizing band until the next refresh
+                spread = WINSOR * np.sqrt(self.running_m2 / (n - 1.0))
+                self._winsor = (self.running_mean - spread, self.running_mean + spread)
             center = np.where(self.scaled, self.running_mean, 0.0)
             variance = self.running_m2 / max(n - 1.0, 1.0)
             scale = np.where(self.scaled & (variance > 1e-24), np.sqrt(variance), 1.0)
@@ -401,7 +407,10 @@ class LinearPolicy(Policy):
             "A_inv": self.A_inv,
             "theta": self.theta,
             "seen": self.seen,
-            "residuals": self.residuals,
+            "residuals": np.array([self.residual_n, self.residual_ss]),
+            "winsor": np.full((2, self.design.context_dim), np.nan)
+            if self._winsor is None
+            else np.stack(self._winsor),
             "running_mean": self.running_mean,
             "running_m2": self.running_m2,
             "center": self.center,
@@ -421,7 +430,9 @@ class LinearPolicy(Policy):
         self.A_inv = np.ascontiguousarray(state["A_inv"], dtype=np.float64)
         self.theta = np.array(state["theta"], dtype=np.float64)
         self.seen = np.array(state["seen"], dtype=np.float64)
-        self.residuals = np.array(state["residuals"], dtype=np.float64)
+        self.residual_n, self.residual_ss = (float(v) for v in state["residuals"])
+        band = np.array(state["winsor"], dtype=np.float64)
+        self._winsor = None if np.isnan(band).all() else (band[0], band[1])
         self.running_mean = np.array(state["running_mean"], dtype=np.float64)
         self.running_m2 = np.array(state["running_m2"], dtype=np.float64)
         self.center = np.array(state["center"], dtype=np.float64)
@@ -443,7 +454,8 @@ class LinearPolicy(Policy):
         twin._rebase(self.center, self.scale)
         self.A += twin.A - np.diag(other.prior_precision)
         self.b += twin.b
-        self.residuals += other.residuals
+        self.residual_n += other.residual_n
+        self.residual_ss += other.residual_ss
         n1, n2 = float(self.seen[0]), float(other.seen[0])
         if n2 > 0:
             total = n1 + n2
