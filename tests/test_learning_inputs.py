@@ -327,3 +327,35 @@ def test_an_imported_uniform_log_warm_starts_the_policy_and_evaluates_a_candidat
     result = evaluate(store, config, target="snapshot", resamples=200)
     dr = result.comparison("dr")
     assert dr is not None and dr.lower_bound is not None and dr.lower_bound > 0.2, dr
+
+
+FEATURE_KINDS = {
+    "numeric": (NumericFeature("v"), [3.5, -2, 1e9]),
+    "numeric-log-range": (NumericFeature("v", lower=0, upper=1e6, log=True), [0, 12.5, 999_999]),
+    "bool": (BoolFeature("v"), [True, 0, 1.0]),
+    "count": (CountFeature("v"), [0, 7, ["a", "b"]]),
+    "categorical-closed": (CategoricalFeature("v", ("a", "b")), ["a", "b", "a"]),
+    "categorical-other": (CategoricalFeature("v", ("a", "b"), unknown="other"), ["a", "zz", "b"]),
+    "categorical-ignore": (CategoricalFeature("v", ("a",), unknown="ignore"), ["a", "zz", "a"]),
+    "categorical-hash": (CategoricalFeature("v", unknown="hash", buckets=4), ["x", "y", "é"]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FEATURE_KINDS))
+def test_every_feature_kind_encodes_alike_one_by_one_and_in_batches(kind: str) -> None:
+    """The featurizer contract, for every feature kind: featurize = transform of the validated
+    context = the batch transform of logged contexts (lists as JSON gives them), fixed width,
+    deterministic fingerprints."""
+    feature, values = FEATURE_KINDS[kind]
+    f = Featurizer([feature])
+    contexts, rows, prints = [], [], []
+    for value in values:
+        valid, x, fp = f.featurize({"v": value})
+        assert x.shape == (f.dim,) and np.all(np.isfinite(x))
+        np.testing.assert_array_equal(f.transform(valid), x)
+        assert f.featurize({"v": value})[2] == fp
+        contexts.append({k: list(v) if isinstance(v, tuple) else v for k, v in valid.items()})
+        rows.append(x)
+        prints.append(fp)
+    np.testing.assert_allclose(f.transform_many(contexts), np.array(rows), rtol=1e-14, atol=0)
+    assert len(f.columns) == f.dim

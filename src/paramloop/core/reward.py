@@ -32,7 +32,7 @@ from paramloop.types import Outcome
 
 FloatArray = npt.NDArray[np.float64]
 
-#: The range every reward lies in.
+#: The default reward range (a reward function may declare another: ``low``, ``high``).
 REWARD_RANGE = (0.0, 1.0)
 
 
@@ -67,8 +67,8 @@ class RewardFunction:
     max_cost: float | None = None
     penalty: float = 1.0
     version: str = "weighted@1"
-    low: float = 0.0
-    high: float = 1.0
+    low: float = REWARD_RANGE[0]
+    high: float = REWARD_RANGE[1]
 
     def __post_init__(self) -> None:
         weights = {
