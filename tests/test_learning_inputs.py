@@ -15,6 +15,7 @@ from paramloop import (
     CategoricalFeature,
     CountFeature,
     ExternalRow,
+    Feature,
     Featurizer,
     NumericFeature,
     Optimizer,
@@ -329,7 +330,7 @@ def test_an_imported_uniform_log_warm_starts_the_policy_and_evaluates_a_candidat
     assert dr is not None and dr.lower_bound is not None and dr.lower_bound > 0.2, dr
 
 
-FEATURE_KINDS = {
+FEATURE_KINDS: dict[str, tuple[Feature, list[object]]] = {
     "numeric": (NumericFeature("v"), [3.5, -2, 1e9]),
     "numeric-log-range": (NumericFeature("v", lower=0, upper=1e6, log=True), [0, 12.5, 999_999]),
     "bool": (BoolFeature("v"), [True, 0, 1.0]),
