@@ -15,6 +15,7 @@ from paramloop.core.policies import (
     restore_policy,
 )
 from paramloop.core.policies.base import confidence
+from paramloop.core.policies.linear import LinearPolicy
 from paramloop.errors import ConfigError, OutcomeError, SnapshotError
 
 N_CONTEXT = 4
@@ -299,3 +300,39 @@ def test_confidence_is_a_probability_of_beating_the_rival() -> None:
     assert confidence(np.array([0.6, 0.4]), np.array([0.0, 0.0]), 0) == 1.0
     assert confidence(np.array([0.6, 0.4]), np.array([0.1, 0.1]), 1) < 0.1
     assert confidence(np.array([0.6, 0.4]), np.array([0.1, 0.1]), 0) > 0.9
+
+
+def test_replicas_merge_their_statistics_whatever_their_standardization() -> None:
+    """Two replicas learn different halves (so they standardize differently); after
+    merge, A's data part equals S(Σ x xᵀ)Sᵀ per arm over *all* rows, S being the merged
+    policy's standardization, and the running moments are those of all rows."""
+    d = label_design(4)
+    left, right = make_policy("linucb", d), make_policy("linucb", d)
+    assert isinstance(left, LinearPolicy) and isinstance(right, LinearPolicy)
+    rng = np.random.default_rng(21)
+    rows: dict[int, list[np.ndarray]] = {a: [] for a in range(4)}
+    every = []
+    for i in range(600):
+        x = context(rng) * np.array([1.0, 40.0, 0.2, 5.0]) + (0 if i < 300 else 3.0) * np.array(
+            [0.0, 1.0, 1.0, 1.0]
+        )
+        arm = int(rng.integers(4))
+        (left if i < 300 else right).update(x, arm, float(rng.random()))
+        rows[arm].append(x)
+        every.append(x)
+    assert not np.allclose(left.center, right.center)
+    left.merge(right)
+    X = np.array(every)
+    np.testing.assert_allclose(left.running_mean[1:], X[:, 1:].mean(axis=0), rtol=1e-9)
+    np.testing.assert_allclose(
+        left.running_m2[1:], ((X[:, 1:] - X[:, 1:].mean(axis=0)) ** 2).sum(axis=0), rtol=1e-9
+    )
+    S = np.diag(1.0 / left.scale)
+    S[:, 0] -= left.center / left.scale
+    for arm, xs in rows.items():
+        R = np.array(xs)
+        expected = S @ (R.T @ R) @ S.T
+        np.testing.assert_allclose(
+            left.A[arm] - np.diag(left.prior_precision), expected, rtol=1e-9, atol=1e-8
+        )
+    assert left.revision == 600
