@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import TypeVar
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -108,6 +111,22 @@ def run_jobs(
             results.append(future.result())
             progress(results[-1], len(results), len(jobs), started)
     return results
+
+
+def write_results(path: Path, head: Mapping[str, Any], results: Sequence[Any]) -> None:
+    """Write ``head`` and every job result (a dataclass whose ``runs`` are dataclasses) as JSON."""
+    document = {
+        **head,
+        "jobs": [
+            {
+                **{k: v for k, v in asdict(r).items() if k != "runs"},
+                "runs": [asdict(run) for run in r.runs],
+            }
+            for r in results
+        ],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    print(f"results written to {path}")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -41,7 +41,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import math
 import os
 import statistics
@@ -49,7 +48,7 @@ import sys
 import time
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
@@ -58,7 +57,7 @@ import numpy as np
 import numpy.typing as npt
 
 import paramloop
-from _common import run_jobs
+from _common import run_jobs, write_results
 from paramloop.engine import Optimizer, TaskConfig
 from paramloop.sim import world as world_module
 from paramloop.sim.run import Oracle
@@ -688,20 +687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "each learner per stream (choose + learn), mean over seeds."
     )
     if args.json is not None:
-        document = {
-            "settings": settings,
-            "wall_seconds": wall,
-            "summary": summary,
-            "jobs": [
-                {
-                    **{k: v for k, v in asdict(r).items() if k != "runs"},
-                    "runs": [asdict(run) for run in r.runs],
-                }
-                for r in results
-            ],
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {args.json}")
+        head = {"settings": settings, "wall_seconds": wall, "summary": summary}
+        write_results(args.json, head, results)
     return 0
 
 

@@ -62,7 +62,7 @@ import sys
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +70,7 @@ import numpy as np
 from scipy import stats  # type: ignore[import-untyped, unused-ignore]
 
 import paramloop
-from _common import markdown_table, run_jobs
+from _common import markdown_table, run_jobs, write_results
 from paramloop.core.ope import IPS, SNIPS, LoggedBandit
 from paramloop.engine.config import DEFAULT_POLICY
 from streams import (
@@ -518,21 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run in errors:
         print(f"error: {run.learner} on {run.stream} seed {run.seed}: {run.error}", file=sys.stderr)
     if args.json is not None:
-        document = {
-            "settings": settings,
-            "wall_seconds": wall,
-            "rows": rows,
-            "speeds": speed,
-            "jobs": [
-                {
-                    **{k: v for k, v in asdict(r).items() if k != "runs"},
-                    "runs": [asdict(run) for run in r.runs],
-                }
-                for r in results
-            ],
-        }
-        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-        print(f"results written to {args.json}")
+        head = {"settings": settings, "wall_seconds": wall, "rows": rows, "speeds": speed}
+        write_results(args.json, head, results)
     return 1 if errors else 0
 
 
