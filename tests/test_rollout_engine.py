@@ -197,6 +197,13 @@ def test_canary_routes_its_share_with_mixture_propensities() -> None:
         for _ in range(20)
     }
     assert len(groups) == 1
+    # probabilities() is the split's mixture: what every decision, either group, logs.
+    for i in range(300):
+        context = world.sample_context(TASK, rng)
+        shown = optimizer.probabilities(TASK, context, request_id=f"p{i}")
+        decision = optimizer.recommend(TASK, context, request_id=f"p{i}")
+        assert sum(shown.probabilities) == pytest.approx(1.0, abs=1e-12)
+        assert decision.propensity == pytest.approx(shown.of(decision.arm), rel=1e-12)
 
 
 def run_guarded(

@@ -48,7 +48,7 @@ class ParamloopLearner:
         )
         self.optimizer = Optimizer([config])
         self.names = [f"x{j}" for j in range(dim)]
-        self.arm_of = [config.space.arms.index(config.space.arms[a]) for a in range(n_arms)]
+        self.n_arms = n_arms  # arm i of the space is label i: one choice dimension, in order
         self.t = 0
 
     def _context(self, x: FloatArray) -> dict[str, float]:
@@ -56,7 +56,7 @@ class ParamloopLearner:
 
     def distribution(self, x: FloatArray) -> FloatArray:
         found = self.optimizer.probabilities(TASK, self._context(x), request_id=f"r{self.t}")
-        out = np.zeros(len(self.arm_of))
+        out = np.zeros(self.n_arms)
         out[list(found.arms)] = found.probabilities
         return out
 

@@ -13,6 +13,9 @@ from __future__ import annotations
 import hashlib
 from enum import StrEnum
 
+import numpy as np
+import numpy.typing as npt
+
 from paramloop.errors import InputError
 
 #: 53 bits: the most a float holds exactly, so ``bucket`` is never rounded up to 1.0.
@@ -125,3 +128,19 @@ def logged_propensity(
         )
     propensity = share * float(policy_probability) + (1.0 - share) * float(served_is_baseline)
     return min(1.0, propensity)  # t·π + (1 − t) can round a hair above 1
+
+
+def split_distribution(
+    policy_probabilities: npt.NDArray[np.float64],
+    is_baseline: npt.NDArray[np.bool_],
+    share: float,
+) -> npt.NDArray[np.float64]:
+    """Every arm's :func:`logged_propensity` at once: t·π(a | x) + (1 − t)·1[a = baseline].
+
+    ``share`` is the treatment share t in [0, 1]; the result sums to 1 when π does.
+
+    >>> split_distribution(np.array([0.5, 0.5]), np.array([True, False]), 0.05).tolist()
+    [0.975, 0.025]
+    """
+    mixed: npt.NDArray[np.float64] = share * policy_probabilities + (1.0 - share) * is_baseline
+    return np.minimum(mixed, 1.0)  # t·π + (1 − t) can round a hair above 1

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from paramloop.core.assignment import Group
+from paramloop.core.assignment import Group, split_distribution
 from paramloop.core.budget import Reservation, Spend
 from paramloop.core.policies import Choice, Policy, decide, derive_seed, restore_policy
 from paramloop.core.policies.base import FloatArray
@@ -304,8 +304,8 @@ class Optimizer:
         if self.rollout is not None:
             route = self.rollout.route(task_type, unit_id or request_id or "")
             if route.share < 1.0:
-                probs = route.share * probs
-                probs[choice.arms == config.space.baseline_arm] += 1.0 - route.share
+                baseline = choice.arms == config.space.baseline_arm
+                probs = split_distribution(probs, baseline, route.share)
         arms = tuple(int(a) for a in choice.arms)
         return ArmDistribution(
             task_type=task_type,
@@ -348,9 +348,10 @@ class Optimizer:
             raise InputError("propensity", f"must be in (0, 1], got {propensity!r}")
         if not isinstance(policy, str) or not policy:
             raise InputError("policy", "must be a non-empty string")
-        recorded_reward = None if outcome is None else config.reward(outcome)
         request_id = self._request_id(request_id)
         now = self.clock() if timestamp is None else float(timestamp)
+        # Built before anything is stored: a reward outside the range raises here.
+        recorded = None if outcome is None else _observed(config, request_id, outcome, now)
         decision = Decision(
             request_id=request_id,
             task_type=task_type,
@@ -368,20 +369,8 @@ class Optimizer:
         self.store.append_decision(decision)
         self._remember(decision, x)
         self.stats.decisions += 1
-        if outcome is not None and recorded_reward is not None:
-            self._learn(
-                state,
-                decision,
-                RecordedOutcome(
-                    request_id=request_id,
-                    task_type=task_type,
-                    outcome=outcome,
-                    reward=recorded_reward,
-                    reward_version=config.reward.version,
-                    source="observed",
-                    timestamp=now,
-                ),
-            )
+        if recorded is not None:
+            self._learn(state, decision, recorded)
         return decision
 
     def record_outcome(self, request_id: str, outcome: Outcome) -> RecordedOutcome:
@@ -397,18 +386,9 @@ class Optimizer:
         decision = self._decision(request_id)
         state = self._state(decision.task_type)
         config = state.config
-        reward = config.reward(outcome)
         now = self.clock()
         waited = now - decision.timestamp
-        recorded = RecordedOutcome(
-            request_id=request_id,
-            task_type=decision.task_type,
-            outcome=outcome,
-            reward=reward,
-            reward_version=config.reward.version,
-            source="observed",
-            timestamp=now,
-        )
+        recorded = _observed(config, request_id, outcome, now)
         if waited > config.reward_wait_s:
             existing = self.store.get_outcome(request_id)
             if existing is not None and existing.outcome == outcome:
@@ -460,15 +440,7 @@ class Optimizer:
         config = state.config
         count = 0
         for decision, measured in rows:
-            recorded = RecordedOutcome(
-                request_id=decision.request_id,
-                task_type=config.name,
-                outcome=measured,
-                reward=config.reward(measured),
-                reward_version=config.reward.version,
-                source="observed",
-                timestamp=now,
-            )
+            recorded = _observed(config, decision.request_id, measured, now)
             try:
                 _, new = self._learn(state, decision, recorded)
             except ConflictingOutcomeError:
@@ -760,3 +732,16 @@ class Optimizer:
         self.stats.fallbacks += where == "recommend"
         self.stats.last_error = f"{where}: {type(exc).__name__}: {exc}"
         log.error("paramloop %s failed: %s", where, exc, exc_info=exc)
+
+
+def _observed(config: TaskConfig, request_id: str, outcome: Outcome, now: float) -> RecordedOutcome:
+    """``outcome`` as observed for ``request_id``, with its reward (``OutcomeError`` if out of range)."""
+    return RecordedOutcome(
+        request_id=request_id,
+        task_type=config.name,
+        outcome=outcome,
+        reward=config.reward(outcome),
+        reward_version=config.reward.version,
+        source="observed",
+        timestamp=now,
+    )

@@ -89,11 +89,7 @@ class LinUCB(LinearPolicy):
         mean, width, _, _ = self.moments(x, arms)
         root = np.sqrt(width)
         probs = argmax_share(mean + self.alpha * BOUNDED_REWARD_SCALE * root)
-        share = self.support_share(len(arms))
-        if share > 0.0 and len(arms) > 1:
-            gamma = self.gamma * math.sqrt(self.revision + 1)
-            probs = (1.0 - share) * probs + share * inverse_gap_weights(mean, gamma)
-        return probs, mean, self.noise_scale * root
+        return self._supported(probs, mean), mean, self.noise_scale * root
 
     def _probabilities_many(
         self, X: FloatArray, arms: IntArray, rngs: Callable[[int], np.random.Generator] | None
@@ -102,11 +98,17 @@ class LinUCB(LinearPolicy):
         scores = mean + self.alpha * BOUNDED_REWARD_SCALE * np.sqrt(width)
         best = scores == scores.max(axis=1, keepdims=True)
         probs: FloatArray = best / best.sum(axis=1, keepdims=True)
-        share = self.support_share(len(arms))
-        if share > 0.0 and len(arms) > 1:
-            gamma = self.gamma * math.sqrt(self.revision + 1)
-            probs = (1.0 - share) * probs + share * inverse_gap_weights(mean, gamma)
-        return probs
+        return self._supported(probs, mean)
+
+    def _supported(self, probs: FloatArray, mean: FloatArray) -> FloatArray:
+        """``probs`` (one context or rows of them) with the support share mixed in."""
+        k = mean.shape[-1]
+        share = self.support_share(k)
+        if share == 0.0 or k == 1:
+            return probs
+        gamma = self.gamma * math.sqrt(self.revision + 1)
+        mixed: FloatArray = (1.0 - share) * probs + share * inverse_gap_weights(mean, gamma)
+        return mixed
 
     def hyperparameters(self) -> dict[str, Any]:
         return {
