@@ -22,6 +22,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import httpx
 import orjson
 from fastapi import Request
@@ -244,13 +245,28 @@ async def _forward(
         content = await response.aread() if streaming else response.content
         await response.aclose()
         elapsed = time.perf_counter() - start
-        error = response.status_code >= 400
-        usage = None if error else _usage_of(content)
-        state.metrics.upstream.labels(plan.model, str(response.status_code)).observe(elapsed)
-        await _finish(state, plan, elapsed * 1000, usage, error=error)
-        return Response(
-            content, status_code=response.status_code, media_type=media, headers=headers
+        status = response.status_code
+        error = status >= 400
+        completion = None if error else _json(content)
+        if not error and not _is_completion(completion):
+            # A 200 that is not a chat completion (an HTML error page, no choices): the
+            # call failed, whatever the status says.
+            state.metrics.upstream.labels(plan.model, "invalid").observe(elapsed)
+            state.metrics.errors.labels("upstream").inc()
+            await _finish(state, plan, elapsed * 1000, None, error=True)
+            return _error(
+                502,
+                f"the upstream answered {status} with a body that is not a chat completion "
+                f"({_preview(content)})",
+                "upstream_error",
+                headers,
+            )
+        usage = completion.get("usage") if isinstance(completion, dict) else None
+        state.metrics.upstream.labels(plan.model, str(status)).observe(elapsed)
+        await _finish(
+            state, plan, elapsed * 1000, usage if isinstance(usage, dict) else None, error=error
         )
+        return Response(content, status_code=status, media_type=media, headers=headers)
     return StreamingResponse(
         _relay(state, plan, response, start, caller_usage),
         status_code=response.status_code,
@@ -279,27 +295,52 @@ async def _unreachable(
 async def _relay(
     state: AppState, plan: ProxyPlan, response: httpx.Response, start: float, caller_usage: bool
 ) -> AsyncIterator[bytes]:
-    """The upstream's server-sent events, passed through; the usage chunk is read on the way."""
+    """The upstream's server-sent events, passed through; the usage chunk is read on the way.
+
+    The call is complete when ``data: [DONE]`` goes to the caller (clients such as
+    ``openai`` hang up as soon as they read it, while the upstream may keep its
+    stream open a little longer) or when the upstream ends its stream; its outcome
+    is recorded then, before ``[DONE]`` is sent, and shielded from the caller
+    hanging up.  A caller that leaves mid-stream leaves the decision to the wait window.
+    """
     usage: dict[str, Any] | None = None
     skip_blank = False
-    completed = error = False
+    recorded = False
+    chunks = 0
+
+    async def record(error: bool) -> None:
+        nonlocal recorded
+        if recorded:
+            return
+        recorded = True
+        elapsed = time.perf_counter() - start
+        invalid = not error and chunks == 0
+        label = "error" if error else "invalid" if invalid else "200"
+        state.metrics.upstream.labels(plan.model, label).observe(elapsed)
+        with anyio.CancelScope(shield=True):
+            await _finish(state, plan, elapsed * 1000, usage, error=error or invalid)
+
     try:
         async for line in response.aiter_lines():
             if skip_blank and not line:
                 skip_blank = False
                 continue
-            if line.startswith("data: {") and '"usage"' in line:
+            if line.startswith("data: {"):
                 chunk = _json(line[6:])
-                if isinstance(chunk, dict) and isinstance(chunk.get("usage"), dict):
-                    usage = chunk["usage"]
-                    if not caller_usage and not chunk.get("choices"):
-                        skip_blank = True  # the caller did not ask for it: drop the event
-                        continue
+                if isinstance(chunk, dict):
+                    chunks += isinstance(chunk.get("choices"), list)
+                    if isinstance(chunk.get("usage"), dict):
+                        usage = chunk["usage"]
+                        if not caller_usage and not chunk.get("choices"):
+                            skip_blank = True  # the caller did not ask for it: drop the event
+                            continue
+            elif line.strip() == "data: [DONE]":
+                await record(False)
             yield (line + "\n").encode()
-        completed = True
+        await record(False)
     except httpx.HTTPError as exc:
-        error = completed = True
         state.metrics.errors.labels("upstream").inc()
+        await record(True)
         message = {
             "error": {
                 "message": f"the upstream stream broke ({type(exc).__name__})",
@@ -308,11 +349,8 @@ async def _relay(
         }
         yield b"data: " + orjson.dumps(message) + b"\n\n"
     finally:
-        await response.aclose()
-        if completed:  # a caller that left mid-stream leaves the decision to the wait window
-            elapsed = time.perf_counter() - start
-            state.metrics.upstream.labels(plan.model, "error" if error else "200").observe(elapsed)
-            await _finish(state, plan, elapsed * 1000, usage, error=error)
+        with anyio.CancelScope(shield=True):
+            await response.aclose()
 
 
 async def _finish(
@@ -354,10 +392,14 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _usage_of(content: bytes) -> dict[str, Any] | None:
-    data = _json(content)
-    usage = data.get("usage") if isinstance(data, dict) else None
-    return usage if isinstance(usage, dict) else None
+def _is_completion(data: Any) -> bool:
+    """Whether ``data`` has the shape of a chat completion: an object with a list of choices."""
+    return isinstance(data, dict) and isinstance(data.get("choices"), list)
+
+
+def _preview(content: bytes, limit: int = 80) -> str:
+    text = content[:limit].decode("utf-8", "replace")
+    return repr(text) + ("…" if len(content) > limit else "")
 
 
 def _json(data: bytes | str) -> Any:
