@@ -218,7 +218,10 @@ def test_recommend_with_request_id_and_seed_is_reproducible(h: Harness) -> None:
     a = h.post("/v1/recommend", {**body, "request_id": "seeded-1"}, "write").json()
     b = h.post("/v1/recommend", {**body, "request_id": "seeded-2"}, "write").json()
     assert a["request_id"] == "seeded-1" and a["arm"] == b["arm"]
-    assert_error(h.post("/v1/recommend", {**body, "request_id": "seeded-1"}, "write"), 409)
+    # the same body again is a retry (the answer was lost): the stored decision comes back
+    assert h.post("/v1/recommend", {**body, "request_id": "seeded-1"}, "write").json() == a
+    retried = h.post("/v1/recommend", {**body, "seed": 8, "request_id": "seeded-1"}, "write")
+    assert_error(retried, 409, "different task type, context or seed")
 
 
 @pytest.mark.parametrize(
@@ -694,10 +697,9 @@ def test_health_reports_an_unavailable_store(h: Harness) -> None:
     response = h.client.get("/health")
     assert response.status_code == 503
     assert response.json()["ready"] is False and "closed" in response.json()["store"]["error"]
-    assert (
-        h.post("/v1/recommend", {"task_type": "qa"}, "write").json()["origin"]
-        == "fallback:baseline"
-    )
+    served = h.post("/v1/recommend", {"task_type": "qa"}, "write").json()
+    assert served["origin"] == "fallback:baseline" and served["logged"] is False
+    assert h.chat().headers["x-paramloop-mode"] == "fallback"
 
 
 def test_shutdown_snapshots_the_policies_and_closes_the_store(tmp_path: Path) -> None:

@@ -185,3 +185,60 @@ def test_a_200_that_is_not_a_completion_is_an_error_outcome(
     recorded = store.get_outcome(rid)
     store.close()
     assert recorded is not None and recorded.outcome.error is True
+
+
+# -- bad input: a 4xx naming the field, never a 5xx, nothing stored ------------------------
+
+
+@pytest.fixture
+def service(serve_app: Serve, tmp_path: Path) -> Iterator[tuple[httpx.Client, Path]]:
+    """The service (no upstream needed) under uvicorn, and its SQLite file."""
+    db = tmp_path / "svc.db"
+    app = create_app(settings(db, "http://127.0.0.1:9/v1"))
+    with serve_app(app, lifespan="on") as url, httpx.Client(base_url=url, timeout=30) as http:
+        yield http, db
+
+
+HUGE = int("9" * 400)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"task_type": "qa", "context": {"prompt_tokens": HUGE}}, "prompt_tokens"),
+        ({"task_type": "qa", "context": {"prior_failures": -HUGE}}, "prior_failures"),
+        ({"task_type": "qa", "context": {"prompt_tokens": 2**64}}, "prompt_tokens"),
+        ({"task_type": "qa", "request_id": "a\x00b"}, "request_id"),
+        ({"task_type": "qa", "unit_id": "u\x00"}, "unit_id"),
+        ({"task_type": "qa", "context": {"risk_tier": "hi\x00gh"}}, "risk_tier"),
+        ({"task_type": "q\x00a"}, "task_type"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_field_and_keeps_the_connection(
+    service: tuple[httpx.Client, Path], body: dict[str, Any], field: str
+) -> None:
+    http, db = service
+    content = json.dumps(body).encode()  # json, not orjson: a 400-digit integer is valid JSON
+    first = http.post("/v1/recommend", content=content, headers={"content-type": "application/json"})
+    assert 400 <= first.status_code < 500, first.text
+    error = first.json()["error"]
+    assert field in (error["param"] or "") or field in error["message"], error
+    assert first.headers.get("connection") != "close"
+    # the same connection still serves, and nothing was stored
+    assert http.post("/v1/recommend", json={"task_type": "qa"}).status_code == 200
+    store = open_store(f"sqlite:///{db}")
+    assert store.count_decisions("qa") == 1
+    store.close()
+
+
+def test_a_retried_recommend_gets_the_stored_decision(service: tuple[httpx.Client, Path]) -> None:
+    http, _ = service
+    body = {"task_type": "qa", "request_id": "r-1", "context": {"prompt_tokens": 900}}
+    first = http.post("/v1/recommend", json=body)
+    assert first.status_code == 200 and first.json()["logged"] is True
+    again = http.post("/v1/recommend", json=body)  # the first answer was lost on the way
+    assert again.status_code == 200, again.text
+    assert again.json() == first.json()
+    changed = http.post("/v1/recommend", json={**body, "context": {"prompt_tokens": 901}})
+    assert changed.status_code == 409
+    assert "r-1" in changed.json()["error"]["message"]

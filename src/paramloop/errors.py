@@ -72,12 +72,14 @@ class UnknownRequestError(ParamloopError, LookupError):
 class DuplicateRequestError(ParamloopError, ValueError):
     """A decision with this request id was already logged."""
 
-    def __init__(self, request_id: str) -> None:
+    def __init__(self, request_id: str, *, different_body: bool = False) -> None:
         self.request_id = request_id
-        super().__init__(
-            f"request_id {request_id!r} was already used for a logged decision; "
-            "request ids must be unique"
+        why = (
+            " with a different task type, context or seed; a retry must send the same body"
+            if different_body
+            else "; request ids must be unique"
         )
+        super().__init__(f"request_id {request_id!r} was already used for a logged decision{why}")
 
 
 class ConflictingOutcomeError(ParamloopError, ValueError):

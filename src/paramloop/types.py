@@ -130,6 +130,11 @@ class Params:
         )
 
 
+#: The origins of decisions that are served but not logged: an internal failure
+#: (the store refused the write) and optimization switched off.
+UNLOGGED_ORIGINS = ("fallback:baseline", "disabled:baseline")
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """One choice of parameters for one request, with its exact propensity.
@@ -138,8 +143,8 @@ class Decision:
     ``arm`` for this request, exploration floor included.  ``confidence`` is the
     policy's estimate (in [0, 1]) that ``arm`` is the best feasible arm.
     ``origin`` says where the parameters came from: ``bandit:<policy>``,
-    ``baseline`` or ``fallback:baseline`` (an internal failure; see
-    :attr:`error`).  ``intended_arm`` is the arm the policy chose when another
+    ``baseline``, ``fallback:baseline`` (an internal failure, not logged; see
+    :attr:`error`) or ``disabled:baseline`` (optimization off, not logged).  ``intended_arm`` is the arm the policy chose when another
     was served (the baseline, in shadow mode or for the control group of a
     rollout), ``None`` when the policy's choice was served.
     """
@@ -166,6 +171,11 @@ class Decision:
     @property
     def model_name(self) -> str:
         return self.params.model
+
+    @property
+    def logged(self) -> bool:
+        """Whether the decision is in the decision log (an outcome can be recorded for it)."""
+        return self.origin not in UNLOGGED_ORIGINS
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,15 @@ from paramloop.types import Context, FeatureValue
 
 FloatArray = npt.NDArray[np.float64]
 _log1p = math.log1p
+#: Integers in a context must fit 64 bits: beyond, a float cannot hold them and no store can.
+INT_LIMIT = 2**63
+
+
+def _too_large(name: str, value: int) -> FeatureError:
+    return FeatureError(
+        name,
+        f"must lie within ±2**63 (a 64-bit integer), got an integer of {len(str(abs(value)))} digits",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,13 +88,19 @@ class NumericFeature:
         )
 
     def validate(self, value: object) -> FeatureValue:
-        if type(value) is int and self._inside(value):  # the common case: exact ints are finite
-            return value if self.integer else float(value)
+        if type(value) is int and -INT_LIMIT < value < INT_LIMIT and self._inside(value):
+            return value if self.integer else float(value)  # the common case
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT:
+            raise _too_large(self.name, value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             kind = "an integer" if self.integer else "a number"
             raise FeatureError(self.name, f"must be {kind}, got {type(value).__name__} {value!r}")
         if not math.isfinite(value):
             raise FeatureError(self.name, f"must be finite, got {value!r}")
+        if self.integer and abs(value) >= INT_LIMIT:
+            raise FeatureError(
+                self.name, f"must lie within ±2**63 (a 64-bit integer), got {value!r}"
+            )
         if self.integer and int(value) != value:
             raise FeatureError(self.name, f"must be a whole number, got {value!r}")
         if not self._inside(value):
@@ -155,6 +170,8 @@ class CountFeature:
             raise FeatureError(
                 self.name, f"must be a whole number >= 0 or a list of strings, got {value!r}"
             )
+        if value >= INT_LIMIT:
+            raise _too_large(self.name, value)
         return value
 
     def encode(self, value: FeatureValue, out: list[float]) -> None:
@@ -391,6 +408,8 @@ class Featurizer:
             if isinstance(value, bool | str):
                 out[name] = value
             elif isinstance(value, int | float):
+                if isinstance(value, int) and abs(value) >= INT_LIMIT:
+                    raise _too_large(name, value)
                 if not math.isfinite(value):
                     raise FeatureError(name, f"must be finite, got {value!r}")
                 out[name] = float(value)

@@ -511,13 +511,23 @@ class Optimizer:
     def _request_id(self, request_id: str | None) -> str:
         if request_id is None:
             return os.urandom(16).hex()  # 128 random bits, like uuid4, at a quarter of the cost
-        if not isinstance(request_id, str) or not request_id or len(request_id) > _MAX_REQUEST_ID:
+        if (
+            not isinstance(request_id, str)
+            or not request_id
+            or len(request_id) > _MAX_REQUEST_ID
+            or "\x00" in request_id
+        ):
             raise InputError(
-                "request_id", f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters"
+                "request_id",
+                f"must be a non-empty string of at most {_MAX_REQUEST_ID} characters, without NUL",
             )
         if request_id in self._recent:
             raise DuplicateRequestError(request_id)
         return request_id
+
+    def decision(self, request_id: str) -> Decision:
+        """The logged decision of ``request_id`` (``UnknownRequestError`` when there is none)."""
+        return self._decision(request_id)
 
     def _decision(self, request_id: str) -> Decision:
         if not isinstance(request_id, str) or not request_id:

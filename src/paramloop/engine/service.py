@@ -44,6 +44,7 @@ from paramloop.engine.optimizer import Optimizer, token_cap
 from paramloop.errors import (
     ConfigError,
     ConflictingOutcomeError,
+    DuplicateRequestError,
     InputError,
     LateOutcomeError,
     UnknownRequestError,
@@ -69,8 +70,9 @@ TUNED_FIELDS: Mapping[str, str] = {
 #: logged), ``control`` (the baseline in place of the policy's choice, logged with it
 #: as ``intended_arm``: a control unit, shadow, a rolled-back or frozen rollout, a
 #: budget that refused the choice), ``pinned`` and ``disabled`` (as sent, unlogged),
+#: ``fallback`` (the baseline, unlogged: the decision could not be logged) and
 #: ``fail_open`` (as sent: paramloop failed).
-ProxyMode = Literal["optimized", "control", "pinned", "disabled", "fail_open"]
+ProxyMode = Literal["optimized", "control", "pinned", "disabled", "fallback", "fail_open"]
 
 _RECENT = 2_000  # decisions kept per task type for the status pages
 
@@ -269,10 +271,28 @@ class Service:
         seed: int | None = None,
         unit_id: str | None = None,
     ) -> Decision:
-        """As :meth:`Optimizer.recommend`, remembered for the status pages."""
-        decision = self.optimizer.recommend(
-            task_type, context, request_id=request_id, seed=seed, unit_id=unit_id
-        )
+        """As :meth:`Optimizer.recommend`, remembered for the status pages.
+
+        A retry is answered, not refused: when ``request_id`` was decided before
+        for the same task type, context and seed (the caller lost the answer),
+        the stored decision comes back.  With anything different it is a
+        ``DuplicateRequestError``.
+        """
+        try:
+            decision = self.optimizer.recommend(
+                task_type, context, request_id=request_id, seed=seed, unit_id=unit_id
+            )
+        except DuplicateRequestError:
+            assert request_id is not None
+            stored = self.optimizer.decision(request_id)
+            _, _, fingerprint = self.optimizer.config(task_type).featurizer.featurize(context)
+            if (stored.task_type, stored.context_fingerprint, stored.seed) != (
+                task_type,
+                fingerprint,
+                seed,
+            ):
+                raise DuplicateRequestError(request_id, different_body=True) from None
+            return stored
         self.activity.decided(decision)
         return decision
 
@@ -376,6 +396,9 @@ class Service:
             return ProxyPlan(request_id, task_type, as_sent, "pinned", pinned=pinned)
         full = self.context_of(task_type, context, body)
         decision = self.recommend(task_type, full, request_id=request_id, unit_id=unit_id)
+        if not decision.logged:  # nothing to record an outcome against
+            body = upstream_body(body, decision.params, managed)
+            return ProxyPlan(request_id, task_type, body, "fallback", pinned=pinned)
         return ProxyPlan(
             request_id,
             task_type,

@@ -259,7 +259,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
                 service.baseline, body.task_type, body.context, request_id=body.request_id
             )
             return Response(
-                orjson.dumps(decision_json(decision, logged=False)), media_type="application/json"
+                orjson.dumps(decision_json(decision)), media_type="application/json"
             )
         with state.span("paramloop.recommend", task_type=body.task_type):
             decision = await state.run(

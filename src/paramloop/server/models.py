@@ -6,15 +6,24 @@ objects become bodies through the ``of`` constructors.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
 from paramloop.types import Decision, Outcome, RecordedOutcome
 
 #: A context value as JSON carries it.
 ContextValue = StrictBool | StrictInt | float | str | list[str] | None
-RequestId = Field(min_length=1, max_length=200)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL (\\x00)")
+    return value
+
+
+#: A name or id: 1 to 200 characters, no NUL (PostgreSQL text cannot hold it).
+Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_no_nul)]
 
 
 class _Body(BaseModel):
@@ -24,14 +33,12 @@ class _Body(BaseModel):
 class RecommendRequest(_Body):
     """``POST /v1/recommend``: the task type, what is known of the request, optionally its id and seed."""
 
-    task_type: str = Field(min_length=1, max_length=200)
+    task_type: Name
     context: dict[str, ContextValue] = Field(default_factory=dict, max_length=200)
-    request_id: str | None = Field(default=None, min_length=1, max_length=200)
+    request_id: Name | None = None
     seed: int | None = Field(default=None, ge=0, lt=2**63)
-    unit_id: str | None = Field(
+    unit_id: Name | None = Field(
         default=None,
-        min_length=1,
-        max_length=200,
         description="Who the rollout buckets into treatment or control (a user id keeps a user "
         "in one group); default the X-Paramloop-Unit-Id header, else the request id.",
     )
@@ -64,12 +71,12 @@ class DecisionBody(BaseModel):
     error: str | None = None
 
     @classmethod
-    def of(cls, decision: Decision, *, logged: bool = True) -> DecisionBody:
-        return cls(**decision_json(decision, logged=logged))
+    def of(cls, decision: Decision) -> DecisionBody:
+        return cls(**decision_json(decision))
 
 
-def decision_json(decision: Decision, *, logged: bool = True) -> dict[str, Any]:
-    """The :class:`DecisionBody` of a decision, as plain JSON data."""
+def decision_json(decision: Decision) -> dict[str, Any]:
+    """The :class:`DecisionBody` of a decision, as plain JSON data (``logged`` is the truth)."""
     return {
         "request_id": decision.request_id,
         "task_type": decision.task_type,
@@ -84,7 +91,7 @@ def decision_json(decision: Decision, *, logged: bool = True) -> dict[str, Any]:
         "phase": decision.phase,
         "intended_arm": decision.intended_arm,
         "applied": decision.applied,
-        "logged": logged,
+        "logged": decision.logged,
         "context_fingerprint": str(decision.context_fingerprint),
         "timestamp": decision.timestamp,
         "error": decision.error,
@@ -108,7 +115,7 @@ class OutcomeFields(_Body):
 
 
 class OutcomeItem(_Body):
-    request_id: str = RequestId
+    request_id: Name
     outcome: OutcomeFields
 
 
@@ -145,7 +152,7 @@ class RecordedBatch(BaseModel):
 class FeedbackRequest(_Body):
     """``POST /v1/feedback``: a quality score and/or user feedback for a proxied request."""
 
-    request_id: str = RequestId
+    request_id: Name
     quality: float | None = Field(default=None, ge=0, le=1)
     feedback: float | None = Field(default=None, ge=0, le=1)
 

@@ -91,7 +91,7 @@ def register(read: Routes, write: Routes, state: AppState) -> None:
         """Optimize the call's parameters, forward it upstream, measure it, log it.
 
         The answer is the upstream's, with ``X-Paramloop-Request-Id`` (for ``/v1/feedback``)
-        and ``X-Paramloop-Mode`` (optimized, control, pinned, disabled, fail_open).
+        and ``X-Paramloop-Mode`` (optimized, control, pinned, disabled, fallback, fail_open).
         """
         sent = body.model_dump(exclude_unset=True)
         task_type, context, unit_id = _task_and_context(
