@@ -219,7 +219,9 @@ def test_bad_input_is_a_4xx_naming_the_field_and_keeps_the_connection(
 ) -> None:
     http, db = service
     content = json.dumps(body).encode()  # json, not orjson: a 400-digit integer is valid JSON
-    first = http.post("/v1/recommend", content=content, headers={"content-type": "application/json"})
+    first = http.post(
+        "/v1/recommend", content=content, headers={"content-type": "application/json"}
+    )
     assert 400 <= first.status_code < 500, first.text
     error = first.json()["error"]
     assert field in (error["param"] or "") or field in error["message"], error

@@ -258,9 +258,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
             decision = await state.run(
                 service.baseline, body.task_type, body.context, request_id=body.request_id
             )
-            return Response(
-                orjson.dumps(decision_json(decision)), media_type="application/json"
-            )
+            return Response(orjson.dumps(decision_json(decision)), media_type="application/json")
         with state.span("paramloop.recommend", task_type=body.task_type):
             decision = await state.run(
                 service.recommend,
