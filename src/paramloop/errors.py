@@ -112,6 +112,15 @@ class StoreError(ParamloopError):
     """The store could not complete an operation (connection, migration, schema)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store did not answer: unreachable, timed out, locked, out of connections.
+
+    Unlike a :class:`StoreError` about the data, retrying the same write later
+    can succeed, so a write that meets this may be spooled and replayed
+    (:class:`~paramloop.store.spool.SpooledStore`).
+    """
+
+
 class InputError(ParamloopError, ValueError):
     """An argument of a call (request id, seed, …) is invalid."""
 

@@ -11,6 +11,7 @@ psycopg is imported only when a store is opened (by SQLAlchemy's dialect), so
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Iterator
@@ -38,6 +39,8 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _LOCK_NAMESPACE = 0x706C0001
 _MIGRATION_LOCK = 0
 _CONNECT_TIMEOUT_S = 10
+#: How long one statement, lock wait or connection attempt may take (seconds).
+DEFAULT_TIMEOUT_S = 5.0
 
 
 class PostgresDecisionLog(SQLDecisionLog):
@@ -55,7 +58,9 @@ class PostgresDecisionLog(SQLDecisionLog):
 
     backend = "PostgreSQL"
 
-    def __init__(self, url: str, *, schema: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, schema: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         parsed = psycopg_url(url)
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise ConfigError(
@@ -65,15 +70,37 @@ class PostgresDecisionLog(SQLDecisionLog):
             )
         location = parsed.render_as_string(hide_password=True)
         super().__init__(location if schema is None else f"{location} (schema {schema})")
-        connect_args: dict[str, Any] = {
-            "connect_timeout": _CONNECT_TIMEOUT_S,
-            "application_name": "paramloop",
-        }
+        if (
+            isinstance(timeout_s, bool)
+            or not isinstance(timeout_s, int | float)
+            or not 0 < timeout_s <= 3600
+        ):
+            raise ConfigError("timeout_s", f"must be in (0, 3600] seconds, got {timeout_s!r}")
+        timeout_ms = max(1, round(timeout_s * 1000))
+        # Every statement, lock wait and connection attempt ends within the timeout
+        # (a StoreUnavailableError), so a stuck server cannot hold a request for ever;
+        # TCP keepalives find a connection whose server vanished.
+        options = f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+        given = parsed.query.get("options")  # the URL's own libpq options come after: they win
+        if given:
+            options += " " + " ".join([given] if isinstance(given, str) else given)
         if schema is not None:
-            connect_args["options"] = f"-c search_path={schema}"
+            options += f" -c search_path={schema}"
+        connect_args: dict[str, Any] = {
+            "connect_timeout": max(2, math.ceil(timeout_s)),
+            "application_name": "paramloop",
+            "options": options,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+            "tcp_user_timeout": timeout_ms,
+        }
         # pool_pre_ping replaces connections that died while idle in the pool
         # (server restart, failover) instead of failing the next call.
-        self._engine = create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        self._engine = create_engine(
+            parsed, pool_pre_ping=True, pool_timeout=timeout_s, connect_args=connect_args
+        )
         try:
             self._migrate(parsed, schema)
         except (SQLAlchemyError, StoreError) as exc:
@@ -98,7 +125,13 @@ class PostgresDecisionLog(SQLDecisionLog):
                     if schema is not None:
                         lock_conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
                     with self._engine.connect() as conn:
+                        # A migration may take long: no timeout for it (session settings
+                        # outlive the transaction that sets them).
+                        conn.exec_driver_sql("SET statement_timeout = 0; SET lock_timeout = 0")
+                        conn.commit()
                         upgrade(conn)
+                        conn.exec_driver_sql("RESET statement_timeout; RESET lock_timeout")
+                        conn.commit()
                 finally:
                     lock_conn.execute(text("SELECT pg_advisory_unlock(:ns, :key)"), lock)
         finally:

@@ -37,7 +37,14 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    TimeoutError,
+)
 
 from paramloop.errors import (
     ConfigError,
@@ -46,6 +53,7 @@ from paramloop.errors import (
     OutcomeError,
     StaleStateError,
     StoreError,
+    StoreUnavailableError,
     UnknownRequestError,
 )
 from paramloop.store.base import (
@@ -691,7 +699,17 @@ class SQLDecisionLog(ABC):
         return int(key[0])
 
     def _store_error(self, operation: str, exc: SQLAlchemyError) -> StoreError:
-        return StoreError(
+        """The store error for a driver failure: unavailable when retrying later can succeed.
+
+        Connection failures, timeouts (statement, lock, pool), a locked SQLite
+        file and a server shutting down are :class:`StoreUnavailableError`;
+        anything about the data is a plain :class:`StoreError`.
+        """
+        unavailable = isinstance(exc, OperationalError | InterfaceError | TimeoutError) or (
+            isinstance(exc, DBAPIError) and exc.connection_invalidated
+        )
+        kind = StoreUnavailableError if unavailable else StoreError
+        return kind(
             f"{operation} failed on the {self.backend} store at {self._location}: {_describe(exc)}"
         )
 

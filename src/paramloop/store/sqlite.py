@@ -43,7 +43,7 @@ from sqlalchemy.engine import URL, Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from paramloop.errors import ConfigError, StoreError, UnknownRequestError
+from paramloop.errors import ConfigError, StoreError, StoreUnavailableError, UnknownRequestError
 from paramloop.store.base import EvaluationRow
 from paramloop.store.migrate import upgrade
 from paramloop.store.records import dumps
@@ -171,9 +171,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
             except sqlite3.IntegrityError:
                 duplicate = True
             except sqlite3.Error as exc:
-                raise StoreError(
-                    f"append_decision failed on the SQLite store at {self._location}: {exc}"
-                ) from exc
+                raise driver_error("append_decision", self._location, exc) from exc
             else:
                 return
         if duplicate:
@@ -208,9 +206,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
                     if raw.in_transaction:
                         raw.execute("ROLLBACK")
             except sqlite3.Error as exc:
-                raise StoreError(
-                    f"attach_outcome failed on the SQLite store at {self._location}: {exc}"
-                ) from exc
+                raise driver_error("attach_outcome", self._location, exc) from exc
         existing = self.get_outcome(recorded.request_id)
         if existing is not None and _same_outcome(existing, recorded):
             return existing, False
@@ -338,6 +334,17 @@ class _Checkpointer(threading.Thread):
     def stop(self) -> None:
         self._stopped.set()
         self.join()
+
+
+def driver_error(operation: str, location: str, exc: sqlite3.Error) -> StoreError:
+    """The store error for a sqlite3 failure: unavailable when retrying later can succeed.
+
+    A locked or busy database, a full disk or an I/O error is
+    :class:`StoreUnavailableError`; anything else (a constraint, a malformed
+    value) is a plain :class:`StoreError`.
+    """
+    kind = StoreUnavailableError if isinstance(exc, sqlite3.OperationalError) else StoreError
+    return kind(f"{operation} failed on the SQLite store at {location}: {exc}")
 
 
 def _begin_transaction(connection: Connection) -> None:
