@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import pytest
 from sqlalchemy import create_engine
@@ -34,6 +34,7 @@ from sqlalchemy.pool import NullPool
 from paramloop.store.base import Store
 from paramloop.store.memory import MemoryDecisionLog
 from paramloop.store.postgres import PostgresDecisionLog, psycopg_url
+from paramloop.store.spool import SpooledStore
 from paramloop.store.sqlite import SQLiteDecisionLog
 
 POSTGRES_URL_ENV = "PARAMLOOP_TEST_POSTGRES_URL"
@@ -129,12 +130,19 @@ def durable_store(open_store_at: Callable[[], Store]) -> Store:
     return open_store_at()
 
 
-@pytest.fixture(params=["memory", *DURABLE_BACKENDS])
+@pytest.fixture(params=["memory", *DURABLE_BACKENDS, "spooled"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """Every store implementation, each on a database of its own."""
+    """Every store implementation, each on a database of its own.
+
+    ``spooled`` is a SQLite store behind :class:`SpooledStore` (its deadline and
+    spool): with the store up it must behave exactly as the store itself.
+    """
     store: Store
     if request.param == "memory":
         store = MemoryDecisionLog()
+    elif request.param == "spooled":
+        primary = SQLiteDecisionLog(str(tmp_path / "decisions.db"))
+        store = cast(Store, SpooledStore(primary, tmp_path / "spool.db", deadline_s=30))
     else:
         store = open_spec(durable_spec(request.param, request, tmp_path))
     yield store

@@ -449,6 +449,23 @@ class Optimizer:
         self.stats.measured_outcomes += count
         return count
 
+    def sync(self) -> int:
+        """Learn the outcomes other replicas (or a replayed spool) logged since the last sync.
+
+        Replicas share one log: each learns its own outcomes as they come and
+        everyone else's here, in log order, exactly once (policy state is
+        sufficient statistics, so the order of additions does not matter).  The
+        service calls this every ``sync_interval_s``.  Returns how many outcomes
+        were learned.
+        """
+        learned = 0
+        for state in self._tasks.values():
+            with state.lock:
+                new = self._catch_up(state)
+                state.updates_since_snapshot += new
+            learned += new
+        return learned
+
     def save_snapshots(self) -> None:
         """Snapshot every task type's policy now (also done every ``snapshot_every`` updates)."""
         for state in self._tasks.values():
@@ -561,12 +578,15 @@ class Optimizer:
             if not new:
                 self.stats.duplicate_outcomes += 1
                 return stored, False
-            if decision.applied:
-                state.policy.update(x, decision.arm, state.config.reward.unit(stored.reward))
-            state.own_seqs.add(stored.seq)
-            state.updates_since_snapshot += 1
-            if state.updates_since_snapshot >= state.config.snapshot_every:
-                self._snapshot(state)
+            # seq 0: the outcome waits in a spool (the store was down); it is learned when
+            # it reaches the log, by sync(), like another replica's.
+            if stored.seq:
+                if decision.applied:
+                    state.policy.update(x, decision.arm, state.config.reward.unit(stored.reward))
+                state.own_seqs.add(stored.seq)
+                state.updates_since_snapshot += 1
+                if state.updates_since_snapshot >= state.config.snapshot_every:
+                    self._snapshot(state)
         self.stats.outcomes += 1
         held = self._reservations.pop(decision.request_id, None)
         if held is not None and self.budgets is not None:

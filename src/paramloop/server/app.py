@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import orjson
@@ -43,6 +44,7 @@ from paramloop.errors import (
     ParamloopError,
     StaleStateError,
     StoreError,
+    StoreUnavailableError,
     TransitionError,
     UnknownRequestError,
     UnknownTaskTypeError,
@@ -61,6 +63,8 @@ from paramloop.server.models import (
     decision_json,
 )
 from paramloop.server.settings import Settings
+from paramloop.store.base import Store
+from paramloop.store.spool import SpooledStore
 from paramloop.types import AlertRecord
 
 log = logging.getLogger("paramloop.server")
@@ -94,14 +98,18 @@ class AppState:
     metrics: Metrics
     http: httpx.AsyncClient
     tracer: Any = None
-    inline: bool = True
+    spool: SpooledStore | None = None
     started: float = field(default_factory=time.time)
+    #: The engine's threads: every call that may touch the store runs here, never on
+    #: the event loop, so a stuck store cannot stall the routes that do not need it.
+    engine_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="paramloop-engine")
+    )
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call the engine: in line for the embedded stores (sub-millisecond), else in a thread."""
-        if self.inline:
-            return fn(*args, **kwargs)
-        return await run_in_threadpool(fn, *args, **kwargs)
+        """Call the engine on one of its threads."""
+        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.engine_pool, call)
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[Any]:
@@ -138,12 +146,23 @@ def create_app(
     sinks: list[AlertSink] = (
         [metrics.alert_sink] if webhook is None else [metrics.alert_sink, webhook]
     )
+    spool: SpooledStore | None = None
     if loop is None:
         from paramloop.store import open_store
 
+        store = open_store(settings.database_url)
+        spool_path = settings.spool_location()
+        if spool_path is not None:
+            spool = SpooledStore(
+                store,
+                spool_path,
+                deadline_s=settings.store_timeout_s,
+                on_event=lambda kind, reason: _store_event(metrics, kind, reason),
+            )
+            store = cast(Store, spool)
         loop = build_loop(
             settings.task_configs,
-            open_store(settings.database_url),
+            store,
             clock=clock,
             sinks=[log_sink, *sinks],
             spend_cap=settings.prices.spend_cap,
@@ -163,7 +182,7 @@ def create_app(
         metrics.budget_limit.labels(resource).set(limit)
     for slo, target in settings.slo.items():
         metrics.slo_target.labels(slo).set(target)
-    backend = type(optimizer.store).__name__
+    backend = type(spool.primary if spool is not None else optimizer.store).__name__
     state = AppState(
         settings=settings,
         loop=loop,
@@ -171,7 +190,7 @@ def create_app(
         metrics=metrics,
         http=httpx.AsyncClient(transport=transport, timeout=60.0, trust_env=False),
         tracer=tracer,
-        inline=backend in ("SQLiteDecisionLog", "MemoryDecisionLog"),
+        spool=spool,
     )
 
     @asynccontextmanager
@@ -198,20 +217,26 @@ def create_app(
                     for s in (loop.rollout.state(name),)
                 },
                 "alert_webhook": webhook is not None,
+                "spool": None if spool is None else str(spool.spool.path),
                 "upstreams": {m: u.base_url for m, u in settings.upstreams.items()},
             },
         )
-        expiring = asyncio.create_task(_maintain_forever(state))
+        background = [
+            asyncio.create_task(_maintain_forever(state)),
+            asyncio.create_task(_sync_forever(state)),
+        ]
         try:
             yield
         finally:
-            expiring.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await expiring
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.http.aclose()
             if webhook is not None:
                 await run_in_threadpool(webhook.close)  # delivers the alerts still queued
             await run_in_threadpool(service.close)  # snapshots the policies, closes the store
+            state.engine_pool.shutdown(wait=False, cancel_futures=True)
             log.info("paramloop service stopped")
 
     from paramloop import __version__
@@ -336,6 +361,28 @@ async def _maintain_forever(state: AppState) -> None:
         if count:
             state.metrics.outcomes.labels("*", "expired").inc(count)
             log.info("recorded outcomes whose wait window closed", extra={"outcomes": count})
+
+
+async def _sync_forever(state: AppState) -> None:
+    """Every ``sync_interval_s``: learn the outcomes other replicas (or the replayed spool) logged."""
+    while True:
+        await asyncio.sleep(state.settings.sync_interval_s)
+        try:
+            learned = await state.run(state.service.optimizer.sync)
+        except StoreUnavailableError:
+            continue  # the spool says so already; the next round catches up
+        except Exception as exc:
+            state.metrics.errors.labels("sync").inc()
+            log.error("learning other replicas' outcomes failed: %s", exc)
+            continue
+        if learned:
+            state.metrics.outcomes.labels("*", "synced").inc(learned)
+
+
+def _store_event(metrics: Metrics, kind: str, reason: str) -> None:
+    """The spool's events: the store went down or came back, or refused a spooled write."""
+    if kind in ("down", "refused"):
+        metrics.errors.labels(f"store_{kind}").inc()
 
 
 class _Background:

@@ -9,8 +9,10 @@ change.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Query, Request
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from paramloop.store.base import Store
 
 _PREFIX = "/api/optimization"
+#: The longest a health check waits for the store or the spool.
+HEALTH_BUDGET_S = 0.1
 _DAY_S = 86_400.0
 #: Alerts read for the compliance summary (the newest; ``truncated`` says when there were more).
 _ALERTS_SUMMARIZED = 1_000
@@ -77,17 +81,43 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {"ok": True, "latency_ms": round((time.perf_counter() - start) * 1000, 3)}
 
+    async def readiness() -> dict[str, Any]:
+        """The store (asked for at most ``HEALTH_BUDGET_S``) and the spool: can writes be kept?"""
+        try:
+            probe = await asyncio.wait_for(state.run(store_probe), HEALTH_BUDGET_S)
+        except TimeoutError:
+            probe = {"ok": False, "error": f"no answer within {HEALTH_BUDGET_S * 1000:g} ms"}
+        body: dict[str, Any] = {"store": probe}
+        spooled = state.spool
+        if spooled is not None:
+            try:
+                pending = await asyncio.wait_for(state.run(len, spooled.spool), HEALTH_BUDGET_S)
+                body["spool"] = {"ok": True, "pending": pending, "path": str(spooled.spool.path)}
+            except Exception as exc:
+                body["spool"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        # Writes are kept when the store takes them, or the spool does while it is away.
+        ready = probe["ok"] or body.get("spool", {}).get("ok", False)
+        body["ready"] = ready
+        body["status"] = "ok" if probe["ok"] else "degraded" if ready else "unavailable"
+        return body
+
+    @public.get("/health/live", tags=["operations"])
+    async def live() -> dict[str, Any]:
+        """Liveness: the process answers (the store is never asked)."""
+        return {"status": "ok", "live": True, "uptime_s": round(time.time() - state.started, 3)}
+
+    @public.get("/health/ready", tags=["operations"])
+    async def ready() -> JSONResponse:
+        """Readiness, within 100 ms: 200 when writes are kept (by the store, or by this
+        replica's spool while the store is away: ``status`` "degraded"), 503 when not."""
+        body = await readiness()
+        return JSONResponse({**body, "live": True}, status_code=200 if body["ready"] else 503)
+
     @public.get("/health", tags=["operations"])
     async def health() -> JSONResponse:
-        """Liveness (the process answers) and readiness (the store answers): 200 ready, 503 not."""
-        probe = await state.run(store_probe)
-        body = {
-            "status": "ok" if probe["ok"] else "unavailable",
-            "live": True,
-            "ready": probe["ok"],
-            "store": probe,
-        }
-        return JSONResponse(body, status_code=200 if probe["ok"] else 503)
+        """Liveness and readiness together (as ``/health/ready``), within 100 ms."""
+        body = await readiness()
+        return JSONResponse({**body, "live": True}, status_code=200 if body["ready"] else 503)
 
     metrics_router = public if settings.public_metrics else read
 
@@ -225,12 +255,23 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             from paramloop.store.migrate import HEAD
 
             probe = store_probe()
+            spooled = state.spool
+            primary = spooled.primary if spooled is not None else store
             body: dict[str, Any] = {
-                "backend": type(store).__name__,
-                "location": getattr(store, "location", "memory"),
+                "backend": type(primary).__name__,
+                "location": getattr(primary, "location", "memory"),
                 "schema_revision": HEAD,
                 **probe,
             }
+            if spooled is not None:
+                body["spool"] = {
+                    "path": str(spooled.spool.path),
+                    "pending": len(spooled.spool),
+                    "refused": spooled.spool.refused,
+                    "store_available": spooled.available,
+                    "down_reason": spooled.down_reason,
+                    **asdict(spooled.stats),
+                }
             if probe["ok"]:
                 body["decisions"] = {n: store.count_decisions(n) for n in optimizer.task_types}
             return body

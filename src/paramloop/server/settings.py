@@ -107,6 +107,19 @@ class Settings:
     budget: Mapping[str, float] = field(default_factory=dict)
     #: Where alerts are POSTed as JSON besides the log (``PARAMLOOP_ALERT_WEBHOOK_URL``).
     alert_webhook_url: str | None = field(default=None, repr=False)
+    #: The replica's spool file: writes the store could not take wait there, durably
+    #: (``PARAMLOOP_SPOOL_PATH``; ``"off"`` for none; default :meth:`spool_location`).
+    spool_path: str | None = None
+    #: How long a per-request store call may take before its write is spooled
+    #: (``PARAMLOOP_STORE_TIMEOUT_S``).
+    store_timeout_s: float = 0.25
+    #: How often a replica learns the outcomes other replicas logged (``PARAMLOOP_SYNC_INTERVAL_S``).
+    sync_interval_s: float = 1.0
+    #: The most proxied calls in flight at once; more wait up to ``queue_timeout_s``
+    #: for a slot, then get 503 (``PARAMLOOP_MAX_CONCURRENCY``).
+    max_concurrency: int = 512
+    #: How long a proxied call may wait for a slot (``PARAMLOOP_QUEUE_TIMEOUT_S``).
+    queue_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -165,6 +178,22 @@ class Settings:
             raise ConfigError("service.api_keys", f"key names must be unique, got {names}")
         if len({key.sha256 for key in self.api_keys}) != len(self.api_keys):
             raise ConfigError("service.api_keys", "two keys have the same digest")
+
+    def spool_location(self) -> Path | None:
+        """The spool file: ``spool_path``, else beside a SQLite database, else in the working directory.
+
+        ``None`` (no spool) for ``"off"`` and for an in-memory database.
+        """
+        if self.spool_path is not None:
+            return None if self.spool_path == "off" else Path(self.spool_path)
+        url = self.database_url
+        if url.startswith("postgresql"):
+            return Path("paramloop-spool.db")
+        path = url.partition("://")[2][1:] if "://" in url else url
+        path = path.partition("?")[0]
+        if not path or path == ":memory:":
+            return None
+        return Path(f"{path}.spool")
 
     def initial_rollouts(self) -> dict[str, tuple[Phase, float]]:
         """Where each task type's rollout starts when the store has none yet: mode and traffic.
@@ -289,6 +318,11 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "slo",
         "budget",
         "alert_webhook_url",
+        "spool_path",
+        "store_timeout_s",
+        "sync_interval_s",
+        "max_concurrency",
+        "queue_timeout_s",
     }
     _only(body, known, "service")
     out: dict[str, Any] = {}
@@ -313,6 +347,11 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ("public_metrics", "PARAMLOOP_PUBLIC_METRICS", _bool),
         ("log_level", "PARAMLOOP_LOG_LEVEL", _log_level),
         ("alert_webhook_url", "PARAMLOOP_ALERT_WEBHOOK_URL", _url),
+        ("spool_path", "PARAMLOOP_SPOOL_PATH", _text),
+        ("store_timeout_s", "PARAMLOOP_STORE_TIMEOUT_S", _positive),
+        ("sync_interval_s", "PARAMLOOP_SYNC_INTERVAL_S", _positive),
+        ("max_concurrency", "PARAMLOOP_MAX_CONCURRENCY", _positive_int),
+        ("queue_timeout_s", "PARAMLOOP_QUEUE_TIMEOUT_S", _positive),
     ):
         found = pick(key, variable)
         if found is not None:
