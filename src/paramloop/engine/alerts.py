@@ -69,12 +69,21 @@ class AlertManager:
     cooldown_s: float = 300.0
     clock: Callable[[], float] = time.time
     failures: int = field(default=0, init=False)
+    #: When this process last raised each dedup key: within the cooldown, a repeat is
+    #: dropped without asking the store (alerts fire on the request path).
+    _raised: dict[str, float] = field(default_factory=dict, init=False, repr=False)
 
     def raise_alert(self, alert: Alert) -> AlertRecord | None:
         """Store and deliver ``alert`` unless the same key was raised within the cooldown."""
         now = self.clock()
-        if self.store.list_alerts(dedup_key=alert.dedup_key, since=now - self.cooldown_s, limit=1):
+        last = self._raised.get(alert.dedup_key)
+        if last is not None and now - last < self.cooldown_s:
             return None
+        self._raised[alert.dedup_key] = now
+        if len(self._raised) > 10_000:
+            self._raised = {k: t for k, t in self._raised.items() if now - t < self.cooldown_s}
+        if self.store.list_alerts(dedup_key=alert.dedup_key, since=now - self.cooldown_s, limit=1):
+            return None  # another replica raised it
         record = self.store.append_alert(
             AlertRecord(
                 severity=str(alert.severity),

@@ -33,6 +33,7 @@ from paramloop.errors import (
     LateOutcomeError,
     OutcomeError,
     SnapshotError,
+    StoreUnavailableError,
     UnknownRequestError,
     UnknownTaskTypeError,
 )
@@ -761,7 +762,9 @@ class Optimizer:
     def _failed(self, where: str, exc: Exception) -> None:
         self.stats.fallbacks += where == "recommend"
         self.stats.last_error = f"{where}: {type(exc).__name__}: {exc}"
-        log.error("paramloop %s failed: %s", where, exc, exc_info=exc)
+        # An unavailable store is an outage, not a bug: its message says all, once per call.
+        trace = None if isinstance(exc, StoreUnavailableError) else exc
+        log.error("paramloop %s failed: %s", where, exc, exc_info=trace)
 
 
 def _observed(config: TaskConfig, request_id: str, outcome: Outcome, now: float) -> RecordedOutcome:

@@ -47,7 +47,7 @@ from paramloop.errors import (
     DuplicateRequestError,
     InputError,
     LateOutcomeError,
-    UnknownRequestError,
+    StoreUnavailableError,
 )
 from paramloop.types import Decision, FeatureValue, Outcome, Params, RecordedOutcome
 
@@ -323,13 +323,19 @@ class Service:
         )
 
     def check_outcome(self, request_id: str, outcome: Outcome) -> None:
-        """Raise what :meth:`Optimizer.record_outcome` would, without writing anything."""
-        decision = self.optimizer.store.get_decision(request_id)
-        if decision is None:
-            raise UnknownRequestError(request_id)
+        """Raise what :meth:`Optimizer.record_outcome` would, without writing anything.
+
+        While the store is unavailable (outcomes are spooled), an outcome that
+        conflicts with one recorded before the outage is found at replay, where
+        the first one recorded wins.
+        """
+        decision = self.optimizer.decision(request_id)
         config = self.optimizer.config(decision.task_type)
         config.reward(outcome)  # an explicit reward out of range
-        existing = self.optimizer.store.get_outcome(request_id)
+        try:
+            existing = self.optimizer.store.get_outcome(request_id)
+        except StoreUnavailableError:
+            existing = None
         if existing is not None:
             if existing.outcome != outcome:
                 raise ConflictingOutcomeError(request_id)
@@ -474,9 +480,7 @@ class Service:
         """
         if quality is None and feedback is None:
             raise InputError("quality", "give a quality score, user feedback, or both")
-        decision = self.optimizer.store.get_decision(request_id)
-        if decision is None:
-            raise UnknownRequestError(request_id)
+        self.optimizer.decision(request_id)  # UnknownRequestError
         measured = self.optimizer.store.get_measurement(request_id) or Outcome()
         outcome = replace(measured, quality=quality, feedback=feedback)
         recorded = self.optimizer.record_outcome(request_id, outcome)

@@ -32,6 +32,7 @@ no ORM, and the spool must work when SQLAlchemy's pool is what is stuck.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sqlite3
 import threading
@@ -71,6 +72,27 @@ Kind = Literal["decision", "outcome", "measurement"]
 #: What replays first when entries share an order: a decision before its outcome.
 KINDS: tuple[Kind, ...] = ("decision", "outcome", "measurement")
 
+#: The store's short calls made on the request path or by the service's loops: they
+#: get the deadline too (and fail at once while the store is down).  Long reads
+#: (evaluation, export, imports) are the primary's own, unguarded.
+GUARDED = frozenset(
+    {
+        "outcomes_since",
+        "pending_measurements",
+        "save_snapshot",
+        "latest_snapshot",
+        "get_state",
+        "put_state",
+        "list_states",
+        "append_alert",
+        "list_alerts",
+        "save_gate_report",
+        "get_gate_report",
+        "latest_gate_report",
+        "append_provenance",
+        "list_provenance",
+    }
+)
 _PROBE_ID = "__paramloop_probe__"
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS spooled (
@@ -170,9 +192,12 @@ class Spool:
             ).fetchall()
         return [SpoolEntry(row[0], row[1], row[2], orjson.loads(row[3])) for row in rows]
 
-    def remove(self, entry: SpoolEntry) -> None:
+    def remove(self, entries: list[SpoolEntry]) -> None:
+        """Delete ``entries`` (in one transaction: one write to disk)."""
         with self._locked():
-            self._conn.execute("DELETE FROM spooled WHERE id = ?", (entry.id,))
+            self._conn.executemany(
+                "DELETE FROM spooled WHERE id = ?", [(entry.id,) for entry in entries]
+            )
 
     def refuse(self, entry: SpoolEntry, reason: str) -> None:
         """Move ``entry`` to the ``refused`` table with the store's reason."""
@@ -265,7 +290,15 @@ class SpooledStore:
         return self._down
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.primary, name)
+        method = getattr(self.primary, name)
+        if name not in GUARDED:
+            return method
+
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            call = functools.partial(method, *args, **kwargs)
+            return self._call(name, call)
+
+        return guarded
 
     # -- guarded calls ----------------------------------------------------------------
 
@@ -291,14 +324,14 @@ class SpooledStore:
 
     def attach_outcome(self, recorded: RecordedOutcome) -> tuple[RecordedOutcome, bool]:
         decision = self.spool.get("decision", recorded.request_id)
-        if decision is None and self.available:
+        existing = self.spool.get("outcome", recorded.request_id)
+        if decision is None and existing is None and self.available:
             try:
                 return self._call("attach_outcome", self.primary.attach_outcome, recorded)
             except StoreUnavailableError:
                 pass
         if decision is not None and decision["task_type"] != recorded.task_type:
             raise task_type_mismatch(recorded, decision["task_type"])
-        existing = self.spool.get("outcome", recorded.request_id)
         if existing is None:
             _outcome_row(recorded)
             if self.spool.put("outcome", recorded.request_id, _recorded_json(recorded)):
@@ -321,7 +354,8 @@ class SpooledStore:
         self, request_id: str, task_type: str, measured: Outcome, timestamp: float
     ) -> bool:
         decision = self.spool.get("decision", request_id)
-        if decision is None and self.available:
+        spooled = self.spool.get("measurement", request_id)
+        if decision is None and spooled is None and self.available:
             try:
                 return self._call(
                     "save_measurement",
@@ -354,7 +388,9 @@ class SpooledStore:
     def pending_decisions(self, task_type: str, before: float, limit: int) -> list[Decision]:
         # A decision whose outcome waits in the spool is not pending: no default reward for it.
         answered = self.spool.request_ids("outcome")
-        rows = self.primary.pending_decisions(task_type, before, limit)
+        rows = self._call(
+            "pending_decisions", self.primary.pending_decisions, task_type, before, limit
+        )
         return [d for d in rows if d.request_id not in answered]
 
     def close(self) -> None:
@@ -370,69 +406,101 @@ class SpooledStore:
     def replay(self) -> int:
         """Write the spool into the store in order (exactly once); how many entries went in.
 
-        Stops at the first entry the store does not answer for (it stays down);
-        when the spool is empty and the store answers, writes go to it again.
+        As soon as the store takes a write again, new writes go to it while the
+        backlog drains behind them (an outcome whose decision is still spooled
+        is spooled too, so the store always sees a decision before its outcome).
+        Stops at the first entry the store does not answer for: it is down again.
         """
         with self._replay_lock:
             done = 0
-            while True:
+            while not self._stop.is_set():
                 batch = self.spool.oldest(500)
                 if not batch:
                     break
-                for entry in batch:
+                for group in _runs(batch):
+                    if self._stop.is_set():
+                        return done
                     try:
-                        self._apply(entry)
+                        applied = self._apply(group)
                     except StoreUnavailableError as exc:
                         self._mark_down(str(exc))
                         return done
-                    except (ParamloopError, ValueError) as exc:
-                        reason = f"{type(exc).__name__}: {exc}"
-                        self.spool.refuse(entry, reason)
-                        self.stats.refused += 1
-                        log.error(
-                            "the store refused a spooled %s: %s",
-                            entry.kind,
-                            reason,
-                            extra={"request_id": entry.request_id},
-                        )
-                        if self.on_event is not None:
-                            self.on_event("refused", reason)
-                        continue
-                    self.spool.remove(entry)
-                    self.stats.replayed += 1
-                    done += 1
+                    self._mark_up()
+                    self.spool.remove(applied)
+                    self.stats.replayed += len(applied)
+                    done += len(applied)
             if self._down is not None:
                 try:
-                    self._guarded(self.primary.get_decision, _PROBE_ID, trip=False)
+                    self.primary.get_decision(_PROBE_ID)
                 except StoreUnavailableError as exc:
                     self._down = str(exc)
                     return done
                 self._mark_up()
             return done
 
-    def _apply(self, entry: SpoolEntry) -> None:
+    def _apply(self, group: list[SpoolEntry]) -> list[SpoolEntry]:
+        """Write ``group`` (entries of one kind) to the store; the entries it now holds.
+
+        Decisions go in one transaction; when one is refused, one by one.  An
+        entry the store refuses for good is moved to the ``refused`` table.
+        """
+        # On the replay thread itself, without the deadline: a store that hangs holds
+        # only this thread, and the replay goes on when the store answers.
+        if group[0].kind == "decision" and len(group) > 1:
+            try:
+                self.primary.append_decisions([Decision.from_dict(e.body) for e in group])
+                return group
+            except DuplicateRequestError:
+                pass  # a replica crashed after the store's commit: sort them out one by one
+        applied: list[SpoolEntry] = []
+        for entry in group:
+            try:
+                self._apply_one(entry)
+            except StoreUnavailableError:
+                if applied:
+                    self.spool.remove(applied)
+                    self.stats.replayed += len(applied)
+                raise
+            except (ParamloopError, ValueError) as exc:
+                self._refuse(entry, exc)
+                continue
+            applied.append(entry)
+        return applied
+
+    def _apply_one(self, entry: SpoolEntry) -> None:
         body = entry.body
         if entry.kind == "decision":
             decision = Decision.from_dict(body)
             try:
-                self._guarded(self.primary.append_decision, decision, trip=False)
+                self.primary.append_decision(decision)
             except DuplicateRequestError:
-                stored = self._guarded(self.primary.get_decision, entry.request_id, trip=False)
+                stored = self.primary.get_decision(entry.request_id)
                 if stored is None or orjson.dumps(stored.to_dict()) != orjson.dumps(
                     decision.to_dict()
                 ):
                     raise  # another decision under this id: not ours to overwrite
         elif entry.kind == "outcome":
-            self._guarded(self.primary.attach_outcome, _recorded_from_json(body), trip=False)
+            self.primary.attach_outcome(_recorded_from_json(body))
         else:
-            self._guarded(
-                self.primary.save_measurement,
+            self.primary.save_measurement(
                 entry.request_id,
                 body["task_type"],
                 Outcome.from_dict(body["outcome"]),
                 float(body["timestamp"]),
-                trip=False,
             )
+
+    def _refuse(self, entry: SpoolEntry, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.spool.refuse(entry, reason)
+        self.stats.refused += 1
+        log.error(
+            "the store refused a spooled %s: %s",
+            entry.kind,
+            reason,
+            extra={"request_id": entry.request_id},
+        )
+        if self.on_event is not None:
+            self.on_event("refused", reason)
 
     def _replay_forever(self) -> None:
         while not self._stop.wait(self.retry_s):
@@ -446,6 +514,8 @@ class SpooledStore:
     # -- the deadline -----------------------------------------------------------------
 
     def _call(self, operation: str, fn: Callable[..., T], *args: Any) -> T:
+        if self._stop.is_set():
+            raise StoreError(f"{operation}: the store is closed")
         if self._down is not None:
             raise StoreUnavailableError(
                 f"{operation}: the store is unavailable ({self._down}); writes are spooled"
@@ -456,14 +526,14 @@ class SpooledStore:
             self._mark_down(str(exc))
             raise
 
-    def _guarded(self, fn: Callable[..., T], *args: Any, trip: bool = True) -> T:
+    def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a worker, within the deadline.
 
-        With ``trip``, the wait also ends as soon as another call finds the store
-        down: callers waiting together on a stuck store are released together.
+        The wait also ends as soon as another call finds the store down: callers
+        waiting together on a stuck store are released together.
         """
         future = self._pool.submit(fn, *args)
-        waited: list[Future[Any]] = [future, self._tripped] if trip else [future]
+        waited: list[Future[Any]] = [future, self._tripped]
         wait(waited, timeout=self.deadline_s, return_when=FIRST_COMPLETED)
         if future.done():
             return future.result()
@@ -491,6 +561,17 @@ class SpooledStore:
             log.warning("the store answers again; the spool is replayed")
             if self.on_event is not None:
                 self.on_event("up", "")
+
+
+def _runs(entries: list[SpoolEntry]) -> list[list[SpoolEntry]]:
+    """``entries`` cut into runs of one kind, in order."""
+    runs: list[list[SpoolEntry]] = []
+    for entry in entries:
+        if runs and runs[-1][0].kind == entry.kind:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs
 
 
 def _recorded_json(recorded: RecordedOutcome) -> dict[str, Any]:
