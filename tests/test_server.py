@@ -697,6 +697,9 @@ def test_health_reports_an_unavailable_store(h: Harness) -> None:
     response = h.client.get("/health")
     assert response.status_code == 503
     assert response.json()["ready"] is False and "closed" in response.json()["store"]["error"]
+    assert h.client.get("/health/ready").status_code == 503
+    live = h.client.get("/health/live")  # the store is never asked
+    assert live.status_code == 200 and live.json()["live"] is True
     served = h.post("/v1/recommend", {"task_type": "qa"}, "write").json()
     assert served["origin"] == "fallback:baseline" and served["logged"] is False
     assert h.chat().headers["x-paramloop-mode"] == "fallback"
@@ -854,3 +857,30 @@ auth = "disabled"
         Settings.load(None, env={})
     with pytest.raises(ConfigError, match="file not found"):
         Settings.load(tmp_path / "missing.toml", env={})
+
+
+@pytest.mark.parametrize(
+    ("database_url", "spool_path", "expected"),
+    [
+        ("sqlite:///data/paramloop.db", None, "data/paramloop.db.spool"),
+        ("sqlite:///:memory:", None, None),
+        ("postgresql://u@db/paramloop", None, "paramloop-spool.db"),
+        ("postgresql://u@db/paramloop", "/var/lib/pl/spool.db", "/var/lib/pl/spool.db"),
+        ("sqlite:///data/paramloop.db", "off", None),
+    ],
+)
+def test_the_spool_sits_beside_the_store_unless_told(
+    tmp_path: Path, database_url: str, spool_path: str | None, expected: str | None
+) -> None:
+    service = {"database_url": database_url}
+    if spool_path is not None:
+        service["spool_path"] = spool_path
+    settings = settings_for(tmp_path, **service)
+    location = settings.spool_location()
+    assert (None if location is None else str(location)) == expected
+    env = {"PARAMLOOP_SPOOL_PATH": "/tmp/elsewhere.db", "PARAMLOOP_STORE_TIMEOUT_S": "0.5"}
+    from_env = Settings.from_mapping(CONFIG, env=env)
+    assert str(from_env.spool_location()) == "/tmp/elsewhere.db"
+    assert from_env.store_timeout_s == 0.5
+    with pytest.raises(ConfigError, match="PARAMLOOP_STORE_TIMEOUT_S"):
+        Settings.from_mapping(CONFIG, env={"PARAMLOOP_STORE_TIMEOUT_S": "0"})

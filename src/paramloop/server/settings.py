@@ -112,14 +112,9 @@ class Settings:
     spool_path: str | None = None
     #: How long a per-request store call may take before its write is spooled
     #: (``PARAMLOOP_STORE_TIMEOUT_S``).
-    store_timeout_s: float = 0.25
+    store_timeout_s: float = 1.0
     #: How often a replica learns the outcomes other replicas logged (``PARAMLOOP_SYNC_INTERVAL_S``).
     sync_interval_s: float = 1.0
-    #: The most proxied calls in flight at once; more wait up to ``queue_timeout_s``
-    #: for a slot, then get 503 (``PARAMLOOP_MAX_CONCURRENCY``).
-    max_concurrency: int = 512
-    #: How long a proxied call may wait for a slot (``PARAMLOOP_QUEUE_TIMEOUT_S``).
-    queue_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -321,8 +316,6 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "spool_path",
         "store_timeout_s",
         "sync_interval_s",
-        "max_concurrency",
-        "queue_timeout_s",
     }
     _only(body, known, "service")
     out: dict[str, Any] = {}
@@ -350,8 +343,6 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ("spool_path", "PARAMLOOP_SPOOL_PATH", _text),
         ("store_timeout_s", "PARAMLOOP_STORE_TIMEOUT_S", _positive),
         ("sync_interval_s", "PARAMLOOP_SYNC_INTERVAL_S", _positive),
-        ("max_concurrency", "PARAMLOOP_MAX_CONCURRENCY", _positive_int),
-        ("queue_timeout_s", "PARAMLOOP_QUEUE_TIMEOUT_S", _positive),
     ):
         found = pick(key, variable)
         if found is not None:
