@@ -108,7 +108,7 @@ class AppState:
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call the engine on one of its threads."""
-        call = functools.partial(fn, *args, **kwargs) if kwargs else functools.partial(fn, *args)
+        call = functools.partial(fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self.engine_pool, call)
 
     @contextlib.contextmanager

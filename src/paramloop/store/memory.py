@@ -46,6 +46,7 @@ from paramloop.store.records import (
     gate_report_row,
     provenance_from_row,
     provenance_row,
+    same_outcome,
     state_from_row,
     state_row,
 )
@@ -149,7 +150,7 @@ class MemoryDecisionLog:
                 self._outcomes[recorded.request_id] = stored
                 self._by_seq.append(stored)
                 return stored, True
-        if _same_outcome(existing, recorded):
+        if same_outcome(existing, recorded):
             return existing, False
         raise ConflictingOutcomeError(recorded.request_id)
 
@@ -477,16 +478,6 @@ class MemoryDecisionLog:
 
 def _key_of(item: tuple[_Key, Decision]) -> _Key:
     return item[0]
-
-
-def _same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
-    # The timestamp and seq say when it was stored, not what was recorded.
-    return (
-        stored.outcome == new.outcome
-        and stored.reward == new.reward
-        and stored.reward_version == new.reward_version
-        and stored.source == new.source
-    )
 
 
 def _check_limit(field: str, value: int, *, minimum: int) -> None:

@@ -21,7 +21,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from paramloop.errors import ConfigError, StoreError
-from paramloop.types import AlertRecord, GateReportRecord, ProvenanceRecord, StateRecord
+from paramloop.types import (
+    AlertRecord,
+    GateReportRecord,
+    ProvenanceRecord,
+    RecordedOutcome,
+    StateRecord,
+)
 
 #: Values of ``gate_reports.verdict`` (the values of ``paramloop.core.gates.Verdict``).
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -296,3 +302,13 @@ __all__ = [
     "storable_real",
     "storable_text",
 ]
+
+
+def same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
+    """Whether ``new`` records what ``stored`` recorded (its timestamp and seq say only when)."""
+    return (
+        stored.outcome == new.outcome
+        and stored.reward == new.reward
+        and stored.reward_version == new.reward_version
+        and stored.source == new.source
+    )

@@ -55,12 +55,12 @@ from paramloop.errors import (
     StoreUnavailableError,
 )
 from paramloop.store.base import Store
+from paramloop.store.records import same_outcome
 from paramloop.store.sql import (
-    _decision_row,
-    _measurement_row,
-    _outcome_row,
-    _same_outcome,
+    decision_row,
+    measurement_row,
     measurement_task_type_mismatch,
+    outcome_row,
     task_type_mismatch,
 )
 from paramloop.types import Decision, Outcome, RecordedOutcome
@@ -311,7 +311,7 @@ class SpooledStore:
                 return
             except StoreUnavailableError:
                 pass
-        _decision_row(decision)  # what the store would refuse is refused now, not at replay
+        decision_row(decision)  # what the store would refuse is refused now, not at replay
         if not self.spool.put("decision", decision.request_id, decision.to_dict()):
             raise DuplicateRequestError(decision.request_id)
         self.stats.spooled += 1
@@ -333,14 +333,14 @@ class SpooledStore:
         if decision is not None and decision["task_type"] != recorded.task_type:
             raise task_type_mismatch(recorded, decision["task_type"])
         if existing is None:
-            _outcome_row(recorded)
+            outcome_row(recorded)
             if self.spool.put("outcome", recorded.request_id, _recorded_json(recorded)):
                 self.stats.spooled += 1
                 return replace(recorded, seq=0), True
             existing = self.spool.get("outcome", recorded.request_id)
             assert existing is not None
         stored = _recorded_from_json(existing)
-        if _same_outcome(stored, recorded):
+        if same_outcome(stored, recorded):
             return stored, False
         raise ConflictingOutcomeError(recorded.request_id)
 
@@ -369,7 +369,7 @@ class SpooledStore:
                 pass
         if decision is not None and decision["task_type"] != task_type:
             raise measurement_task_type_mismatch(request_id, task_type, decision["task_type"])
-        _measurement_row(request_id, task_type, measured, timestamp)
+        measurement_row(request_id, task_type, measured, timestamp)
         body = {"task_type": task_type, "outcome": measured.to_dict(), "timestamp": timestamp}
         if self.spool.put("measurement", request_id, body):
             self.stats.spooled += 1

@@ -73,6 +73,7 @@ from paramloop.store.records import (
     gate_report_row,
     provenance_from_row,
     provenance_row,
+    same_outcome,
     state_from_row,
     state_row,
     storable_real,
@@ -208,7 +209,7 @@ class SQLDecisionLog(ABC):
     # -- DecisionLog ---------------------------------------------------------
 
     def append_decision(self, decision: Decision) -> None:
-        row = _decision_row(decision)
+        row = decision_row(decision)
         try:
             with self._transaction("append_decision", write=True, pass_integrity=True) as conn:
                 conn.execute(_INSERT_DECISION, row)
@@ -224,7 +225,7 @@ class SQLDecisionLog(ABC):
             seen.add(decision.request_id)
         if not decisions:
             return
-        rows = [_decision_row(decision) for decision in decisions]
+        rows = [decision_row(decision) for decision in decisions]
         try:
             with self._transaction("append_decisions", write=True, pass_integrity=True) as conn:
                 conn.execute(_INSERT_DECISION, rows)
@@ -238,7 +239,7 @@ class SQLDecisionLog(ABC):
         return None if row is None else _decision_from_row(row)
 
     def attach_outcome(self, recorded: RecordedOutcome) -> tuple[RecordedOutcome, bool]:
-        row = _outcome_row(recorded)
+        row = outcome_row(recorded)
         try:
             with self._transaction("attach_outcome", write=True, pass_integrity=True) as conn:
                 self._serialize_outcomes(conn, recorded.task_type)
@@ -276,7 +277,7 @@ class SQLDecisionLog(ABC):
             if raced is None:
                 raise self._store_error("attach_outcome", exc) from exc
             existing = raced
-        if _same_outcome(existing, recorded):
+        if same_outcome(existing, recorded):
             return existing, False
         raise ConflictingOutcomeError(recorded.request_id)
 
@@ -423,10 +424,10 @@ class SQLDecisionLog(ABC):
         decision_rows = []
         outcome_rows = []
         for decision, recorded in rows:
-            row = _decision_row(decision)
+            row = decision_row(decision)
             row["outcome"] = row["reward"] = None  # every row of an executemany binds the same keys
             if recorded is not None:
-                outcome_rows.append(_outcome_row(recorded))
+                outcome_rows.append(outcome_row(recorded))
                 row["outcome"] = dumps(recorded.outcome.to_dict())
                 row["reward"] = recorded.reward
             decision_rows.append(row)
@@ -449,7 +450,7 @@ class SQLDecisionLog(ABC):
     def save_measurement(
         self, request_id: str, task_type: str, measured: Outcome, timestamp: float
     ) -> bool:
-        row = _measurement_row(request_id, task_type, measured, timestamp)
+        row = measurement_row(request_id, task_type, measured, timestamp)
         try:
             with self._transaction("save_measurement", write=True, pass_integrity=True) as conn:
                 found = (
@@ -732,7 +733,7 @@ class SQLDecisionLog(ABC):
 # -- values <-> rows -------------------------------------------------------------
 
 
-def _decision_row(decision: Decision) -> dict[str, Any]:
+def decision_row(decision: Decision) -> dict[str, Any]:
     data = decision.to_dict()
     fingerprint = decision.context_fingerprint
     if not 0 <= fingerprint <= _UINT64_MAX:
@@ -815,7 +816,7 @@ def _check_outcome_matches(decision: Decision, recorded: RecordedOutcome) -> Non
         raise task_type_mismatch(recorded, decision.task_type)
 
 
-def _outcome_row(recorded: RecordedOutcome) -> dict[str, Any]:
+def outcome_row(recorded: RecordedOutcome) -> dict[str, Any]:
     if recorded.source not in OUTCOME_SOURCES:
         raise OutcomeError(
             "source", f"must be one of {', '.join(OUTCOME_SOURCES)}, got {recorded.source!r}"
@@ -866,7 +867,7 @@ def _outcome_from_row(row: RowMapping, prefix: str = "") -> RecordedOutcome:
     )
 
 
-def _measurement_row(
+def measurement_row(
     request_id: str, task_type: str, measured: Outcome, timestamp: float
 ) -> dict[str, Any]:
     check_measured(measured)
@@ -914,16 +915,6 @@ def task_type_mismatch(recorded: RecordedOutcome, logged_task_type: str) -> Outc
         "task_type",
         f"is {recorded.task_type!r} but request_id {recorded.request_id!r} "
         f"was logged under task type {logged_task_type!r}",
-    )
-
-
-def _same_outcome(stored: RecordedOutcome, new: RecordedOutcome) -> bool:
-    # The timestamp and seq say when it was stored, not what was recorded.
-    return (
-        stored.outcome == new.outcome
-        and stored.reward == new.reward
-        and stored.reward_version == new.reward_version
-        and stored.source == new.source
     )
 
 

@@ -46,12 +46,11 @@ from sqlalchemy.pool import StaticPool
 from paramloop.errors import ConfigError, StoreError, StoreUnavailableError, UnknownRequestError
 from paramloop.store.base import EvaluationRow
 from paramloop.store.migrate import upgrade
-from paramloop.store.records import dumps
+from paramloop.store.records import dumps, same_outcome
 from paramloop.store.sql import (
     SQLDecisionLog,
-    _decision_row,
-    _outcome_row,
-    _same_outcome,
+    decision_row,
+    outcome_row,
     task_type_mismatch,
 )
 from paramloop.types import Decision, RecordedOutcome
@@ -163,7 +162,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
     # contract suite runs against both.
 
     def append_decision(self, decision: Decision) -> None:
-        row = _decision_row(decision)
+        row = decision_row(decision)
         with self._lock:
             self._check_open("append_decision")
             try:
@@ -178,7 +177,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
             super().append_decision(decision)  # reports the precise integrity error
 
     def attach_outcome(self, recorded: RecordedOutcome) -> tuple[RecordedOutcome, bool]:
-        row = _outcome_row(recorded)
+        row = outcome_row(recorded)
         with self._lock:
             self._check_open("attach_outcome")
             raw = self._raw
@@ -208,7 +207,7 @@ class SQLiteDecisionLog(SQLDecisionLog):
             except sqlite3.Error as exc:
                 raise driver_error("attach_outcome", self._location, exc) from exc
         existing = self.get_outcome(recorded.request_id)
-        if existing is not None and _same_outcome(existing, recorded):
+        if existing is not None and same_outcome(existing, recorded):
             return existing, False
         return super().attach_outcome(recorded)  # raises the conflict with the shared checks
 
