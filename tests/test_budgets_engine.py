@@ -299,7 +299,7 @@ def test_the_level_hook_reports_each_rise_once(store: Store) -> None:
 def test_state_documents_round_trip(store: Store) -> None:
     budgets = manager(store)
     budgets.reserve("summarize", 0, Spend(1 / 3, 0.1))
-    budgets.reserve("summarize", 0, Spend(7, 1e-9))
+    budgets.reserve("summarize", 3, Spend(7, 1e-9), request_id="r-7", expires=1_800_000_000.5)
     budgets.waive("summarize", 2.5, actor="alice", reason="why")
     record = store.get_state(STATE_KIND, "summarize")
     assert record is not None
@@ -307,6 +307,27 @@ def test_state_documents_round_trip(store: Store) -> None:
     assert (state.next_id, state.waiver_percent, len(state.reservations)) == (2, 2.5, 2)
     assert state_from_dict(json.loads(json.dumps(state_to_dict(state)))) == state
     assert state_to_dict(state) == record.data
+    held = [r for r in state.reservations if r.request_id == "r-7"]
+    assert [(r.arm, r.expires) for r in held] == [(3, 1_800_000_000.5)]
+
+
+def test_a_reservation_settles_by_request_id_once_and_expires_in_full(store: Store) -> None:
+    now = [1_700_000_000.0]
+    budgets = manager(store, clock=lambda: now[0])
+    budgets.reserve("summarize", 1, Spend(300, 0.3), request_id="a", expires=now[0] + 60)
+    budgets.reserve("summarize", 2, Spend(200, 0.2), request_id="b", expires=now[0] + 60)
+    settled = budgets.settle_request("summarize", "a", Spend(120, 0.1))
+    assert settled is not None and settled.arm == 1
+    assert budgets.settle_request("summarize", "a", Spend(120, 0.1)) is None  # once
+    assert budgets.settle_request("summarize", "never-reserved", None) is None
+    assert budgets.expire("summarize") == ()  # still inside its window
+    now[0] += 60.0
+    (expired,) = budgets.expire("summarize")
+    assert expired.request_id == "b"
+    status = budgets.status("summarize")
+    assert status["open_reservations"] == 0
+    assert status["spent"] == {"tokens": 320.0, "cost": pytest.approx(0.3)}  # 120 + 200 in full
+    assert budgets.spend_stats("summarize")[2].n == 1  # the expired call counts at its maximum
 
 
 class ContendedStore(MemoryDecisionLog):

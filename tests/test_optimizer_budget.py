@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from paramloop.core.budget import BudgetLimits
 from paramloop.engine import Optimizer
 from paramloop.engine.budgets import BudgetManager
+from paramloop.errors import DuplicateRequestError
 from paramloop.sim.tasks import default_tasks
 from paramloop.sim.world import World
 from paramloop.store.memory import MemoryDecisionLog
@@ -65,3 +67,67 @@ def test_a_call_without_an_outcome_is_charged_its_reservation_when_its_window_cl
     optimizer.expire()
     status = budgets.status(TASK)
     assert status["reserved"]["tokens"] == 0.0 and status["spent"]["tokens"] == reserved
+
+
+def _replicas(store: MemoryDecisionLog, now: list[float], wait_s: float = 60.0) -> list[Optimizer]:
+    """Two optimizers on one store, as two service replicas on one database."""
+    config = replace(
+        default_tasks(task_types=[TASK], exploration=0.3)[0],
+        budget=BudgetLimits(tokens_per_day=1_000_000.0),
+        reward_wait_s=wait_s,
+    )
+    return [
+        Optimizer(
+            [config],
+            store,
+            budgets=BudgetManager(store, {TASK: config.budget}, clock=lambda: now[0]),
+            clock=lambda: now[0],
+        )
+        for _ in range(2)
+    ]
+
+
+def test_an_outcome_that_reaches_another_replica_settles_the_reservation() -> None:
+    store, now = MemoryDecisionLog(), [1_700_000_000.0]
+    first, second = _replicas(store, now)
+    world, rng = World(), np.random.default_rng(3)
+    total = 0.0
+    for i in range(40):
+        decision = first.recommend(TASK, world.sample_context(TASK, rng), seed=i)
+        outcome = world.outcome(TASK, decision.context, decision.params, rng)
+        total += float(outcome.total_tokens or 0)
+        second.record_outcome(decision.request_id, outcome)  # the other replica
+        now[0] += 1.0
+    status = second.budgets.status(TASK)  # type: ignore[union-attr]
+    assert status["open_reservations"] == 0
+    assert status["reserved"]["tokens"] == 0.0
+    assert status["spent"]["tokens"] == total  # exactly what the outcomes measured
+
+
+def test_the_reservations_of_a_replica_that_died_are_charged_when_their_window_closes() -> None:
+    store, now = MemoryDecisionLog(), [1_700_000_000.0]
+    dead, alive = _replicas(store, now)
+    decisions = [dead.recommend(TASK, {"prompt_tokens": 100}, seed=i) for i in range(5)]
+    del dead  # kill -9: its memory is gone, its reservations are in the store
+    reserved = alive.budgets.status(TASK)["reserved"]["tokens"]  # type: ignore[union-attr]
+    assert reserved == sum(100 + d.params.max_tokens for d in decisions)  # type: ignore[operator]
+    now[0] += 59.0
+    alive.expire()
+    assert alive.budgets.status(TASK)["open_reservations"] == 5  # type: ignore[union-attr]
+    now[0] += 2.0
+    alive.expire()
+    status = alive.budgets.status(TASK)  # type: ignore[union-attr]
+    assert status["open_reservations"] == 0
+    assert status["spent"]["tokens"] == reserved
+
+
+def test_a_retried_decision_holds_one_reservation() -> None:
+    store, now = MemoryDecisionLog(), [1_700_000_000.0]
+    first, second = _replicas(store, now)
+    decision = first.recommend(TASK, {"prompt_tokens": 100}, request_id="r-1", seed=1)
+    for replica in (first, second):
+        with pytest.raises(DuplicateRequestError):
+            replica.recommend(TASK, {"prompt_tokens": 100}, request_id="r-1", seed=1)
+    status = first.budgets.status(TASK)  # type: ignore[union-attr]
+    assert status["open_reservations"] == 1
+    assert status["reserved"]["tokens"] == 100 + decision.params.max_tokens  # type: ignore[operator]

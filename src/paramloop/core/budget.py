@@ -10,6 +10,12 @@ Three steps per request, all pure (the store makes each one atomic):
    amount would pass the limit.
 3. :func:`settle` replaces the reservation by the actual spend.
 
+A reservation names the request it holds spend for and when it expires (the
+end of the request's reward wait window), so any replica can settle it by
+request id (:func:`held_by`) and any replica can charge one whose outcome never
+came (:func:`expire`): the reservation lives in the shared state, never only in
+the memory of the process that made it.
+
 Invariant: spent + reserved ≤ limit, whatever the interleaving of concurrent
 reservations and settlements, provided each actual spend is at most its
 reservation, i.e. the caller reserves an upper bound of the call (prompt tokens
@@ -120,10 +126,18 @@ def day_bounds(now: float) -> tuple[float, float]:
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """Spend set aside for one call in flight."""
+    """Spend set aside for one call in flight.
+
+    ``request_id`` names the call and ``arm`` what it serves, so the outcome can
+    settle it wherever it arrives; at ``expires`` (epoch seconds) a reservation
+    still open is charged in full by :func:`expire`.
+    """
 
     id: int
     amount: Spend
+    request_id: str | None = None
+    arm: int | None = None
+    expires: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +212,22 @@ def level(state: BudgetState, limits: BudgetLimits) -> BudgetLevel:
 
 
 def reserve(
-    state: BudgetState, limits: BudgetLimits, amount: Spend
+    state: BudgetState,
+    limits: BudgetLimits,
+    amount: Spend,
+    *,
+    request_id: str | None = None,
+    arm: int | None = None,
+    expires: float = math.inf,
 ) -> tuple[BudgetState, Reservation]:
     """Set ``amount`` aside, or raise :class:`BudgetExhaustedError` if it does not fit."""
+    if math.isnan(expires):
+        raise InputError("expires", "must be epoch seconds or inf, got nan")
     for resource in RESOURCES:
         requested, left = _amount(amount, resource), remaining(state, limits, resource)
         if requested > left:
             raise BudgetExhaustedError(state.task_type, resource, requested, left)
-    reservation = Reservation(state.next_id, amount)
+    reservation = Reservation(state.next_id, amount, request_id, arm, float(expires))
     new = replace(state, reservations=state.reservations | {reservation}, next_id=state.next_id + 1)
     return new, reservation
 
@@ -235,6 +257,29 @@ def settle(
 def release(state: BudgetState, reservation: Reservation) -> BudgetState:
     """Drop a reservation whose call never happened (nothing is charged)."""
     return settle(state, reservation, Spend())[0]
+
+
+def held_by(state: BudgetState, request_id: str) -> Reservation | None:
+    """The open reservation of ``request_id`` (the oldest, should a retry have made two)."""
+    held = [r for r in state.reservations if r.request_id == request_id]
+    return min(held, key=lambda r: r.id) if held else None
+
+
+def expire(state: BudgetState, now: float) -> tuple[BudgetState, tuple[Reservation, ...]]:
+    """Charge every reservation whose ``expires`` has passed its full amount; returns them.
+
+    Nothing says what such a call spent, so it is charged what it could have
+    spent: the budget errs on the safe side, and a reservation whose process
+    died does not stay open until the day ends.
+    """
+    due = tuple(sorted((r for r in state.reservations if r.expires <= now), key=lambda r: r.id))
+    if not due:
+        return state, ()
+    charged = Spend(math.fsum(r.amount.tokens for r in due), math.fsum(r.amount.cost for r in due))
+    new = replace(
+        state, spent=state.spent + charged, reservations=state.reservations - frozenset(due)
+    )
+    return new, due
 
 
 @dataclass(frozen=True, slots=True)

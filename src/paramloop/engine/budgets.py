@@ -28,6 +28,11 @@ The request path, per call::
     ...call the LLM...
     budgets.settle(task, reservation, actual, arm)                  # or release() if no call was made
 
+The optimizer reserves with the request id and the end of its reward wait
+window, and settles with :meth:`BudgetManager.settle_request` wherever the
+outcome arrives (any replica); :meth:`BudgetManager.expire` charges what no
+outcome settled once its window closed, on whichever replica runs it first.
+
 A task type configured without a budget (``None`` in ``limits``) is not
 limited: :meth:`BudgetManager.feasible` returns every arm, :meth:`~BudgetManager.reserve`
 returns :data:`NO_RESERVATION` and settling or releasing it does nothing;
@@ -102,11 +107,25 @@ def spend_from_dict(data: Mapping[str, Any]) -> Spend:
 
 
 def reservation_to_dict(reservation: Reservation) -> dict[str, Any]:
-    return {"id": reservation.id, **spend_to_dict(reservation.amount)}
+    data: dict[str, Any] = {"id": reservation.id, **spend_to_dict(reservation.amount)}
+    if reservation.request_id is not None:
+        data["request_id"] = reservation.request_id
+    if reservation.arm is not None:
+        data["arm"] = reservation.arm
+    if math.isfinite(reservation.expires):
+        data["expires"] = reservation.expires
+    return data
 
 
 def reservation_from_dict(data: Mapping[str, Any]) -> Reservation:
-    return Reservation(int(data["id"]), spend_from_dict(data))
+    arm = data.get("arm")
+    return Reservation(
+        int(data["id"]),
+        spend_from_dict(data),
+        None if data.get("request_id") is None else str(data["request_id"]),
+        None if arm is None else int(arm),
+        float(data.get("expires", math.inf)),
+    )
 
 
 def state_to_dict(state: BudgetState) -> dict[str, Any]:
@@ -255,18 +274,34 @@ class BudgetManager:
         state, _ = self._read(task_type)
         return core.feasible_arms(state, limits, forecasts, baseline_arm)
 
-    def reserve(self, task_type: str, arm: int, amount: Spend) -> Reservation:
-        """Set ``amount`` aside for a call of ``arm`` (``arm`` is not stored: it is named again at settle).
+    def reserve(
+        self,
+        task_type: str,
+        arm: int,
+        amount: Spend,
+        *,
+        request_id: str | None = None,
+        expires: float = math.inf,
+    ) -> Reservation:
+        """Set ``amount`` aside for a call of ``arm``.
 
-        Raises :class:`~paramloop.errors.BudgetExhaustedError` when it does not
-        fit today, leaving the budget unchanged.
+        With ``request_id`` the reservation can be settled by
+        :meth:`settle_request` on any replica; at ``expires`` (epoch seconds,
+        the end of the call's reward wait window) :meth:`expire` charges it in
+        full if nothing settled it.  Raises
+        :class:`~paramloop.errors.BudgetExhaustedError` when it does not fit
+        today, leaving the budget unchanged.
         """
         limits = self._limits(task_type)
         _check_spend("amount", amount)
         if limits is None:
             return NO_RESERVATION
         reservation = self._mutate(
-            task_type, limits, lambda state: core.reserve(state, limits, amount)
+            task_type,
+            limits,
+            lambda state: core.reserve(
+                state, limits, amount, request_id=request_id, arm=arm, expires=expires
+            ),
         )
         return reservation
 
@@ -286,13 +321,54 @@ class BudgetManager:
         overrun = self._mutate(
             task_type, limits, lambda state: core.settle(state, reservation, actual)
         )
-        try:
-            self._record_spend(task_type, arm, actual)
-        except StoreError:
-            # The spend is committed; a lost history sample only makes forecasts more cautious
-            # (fewer calls of history), and raising would invite a second settlement.
-            log.exception("budget of %r: arm %d's spend history was not updated", task_type, arm)
+        self._record_spend_safely(task_type, arm, actual)
         return overrun
+
+    def settle_request(
+        self, task_type: str, request_id: str, actual: Spend | None
+    ) -> Reservation | None:
+        """Settle the reservation ``request_id`` holds, whichever replica made it.
+
+        ``actual=None`` charges what was reserved (an outcome that measured
+        nothing).  Returns the settled reservation, or ``None`` when the request
+        holds none (no budget, already settled, or expired and charged in
+        full): then nothing changes.
+        """
+        limits = self._limits(task_type)
+        if actual is not None:
+            _check_spend("actual", actual)
+        if limits is None:
+            return None
+
+        def change(state: BudgetState) -> tuple[BudgetState, Reservation | None]:
+            held = core.held_by(state, request_id)
+            if held is None:
+                return state, None
+            return core.settle(state, held, held.amount if actual is None else actual)[0], held
+
+        held = self._mutate(task_type, limits, change)
+        if held is not None and held.arm is not None:
+            self._record_spend_safely(
+                task_type, held.arm, held.amount if actual is None else actual
+            )
+        return held
+
+    def expire(self, task_type: str) -> tuple[Reservation, ...]:
+        """Charge in full every reservation past its ``expires`` (see :func:`paramloop.core.budget.expire`).
+
+        Any replica may call it: a reservation made by a process that died is
+        charged here when its window closes, not left open until the day ends.
+        Returns the reservations charged.
+        """
+        limits = self._limits(task_type)
+        if limits is None:
+            return ()
+        now = self.clock()
+        due = self._mutate(task_type, limits, lambda state: core.expire(state, now))
+        for reservation in due:
+            if reservation.arm is not None:
+                self._record_spend_safely(task_type, reservation.arm, reservation.amount)
+        return due
 
     def release(self, task_type: str, reservation: Reservation) -> None:
         """Drop the reservation of a call that never happened (nothing is charged)."""
@@ -441,11 +517,16 @@ class BudgetManager:
         limits: BudgetLimits,
         change: Callable[[BudgetState], tuple[BudgetState, _T]],
     ) -> _T:
-        """Read, change (pure; may raise and so change nothing), write by compare and swap, retry."""
+        """Read, change (pure; may raise and so change nothing), write by compare and swap, retry.
+
+        A change that returns the state it was given writes nothing.
+        """
         with self._locks[task_type]:
             for _ in range(MAX_ATTEMPTS):
                 before, version = self._read(task_type)
                 after, result = change(before)
+                if after is before:
+                    return result
                 try:
                     self._write(after, version)
                 except StaleStateError:
@@ -464,6 +545,14 @@ class BudgetManager:
         except Exception:
             # The spend is committed; an alert sink's failure must not make the caller retry it.
             log.exception("budget level hook failed for task type %r", state.task_type)
+
+    def _record_spend_safely(self, task_type: str, arm: int, actual: Spend) -> None:
+        try:
+            self._record_spend(task_type, arm, actual)
+        except StoreError:
+            # The spend is committed; a lost history sample only makes forecasts more cautious
+            # (fewer calls of history), and raising would invite a second settlement.
+            log.exception("budget of %r: arm %d's spend history was not updated", task_type, arm)
 
     def _record_spend(self, task_type: str, arm: int, actual: Spend) -> None:
         """Add one call to ``arm``'s stored history (compare and swap) and refresh the cache."""

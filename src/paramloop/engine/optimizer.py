@@ -160,8 +160,6 @@ class Optimizer:
         self.rollout = rollout
         self.budgets = budgets
         self.spend_cap = spend_cap if spend_cap is not None else token_cap
-        # Open budget reservations of this process's calls, until their outcome settles them.
-        self._reservations: dict[str, tuple[Reservation, int, str, float]] = {}
         self.stats = LoopStats()
         self._tasks = {config.name: _TaskState(config, config.new_policy()) for config in configs}
         # Recent decisions with their context vectors, so an outcome needs no store read
@@ -258,15 +256,18 @@ class Optimizer:
                 phase=phase,
                 intended_arm=intended,
             )
+            reservation = None
             if budgeted:
-                decision = self._reserve(config, decision, caps)  # type: ignore[arg-type]
+                decision, reservation = self._reserve(config, decision, caps)  # type: ignore[arg-type]
         except Exception as exc:  # fail safe: any internal failure serves the baseline, visibly
             return self._fallback(config, request_id, features, fp, now, seed, exc, phase)
         try:
             self.store.append_decision(decision)
-        except DuplicateRequestError:
-            raise
         except Exception as exc:
+            if reservation is not None:  # the call will not happen as decided: free its spend
+                self._release(config.name, reservation)
+            if isinstance(exc, DuplicateRequestError):
+                raise
             return self._fallback(config, request_id, features, fp, now, seed, exc, phase)
         self._remember(decision, x)
         self.stats.decisions += 1
@@ -408,7 +409,7 @@ class Optimizer:
         """
         now = self.clock() if now is None else now
         count = 0
-        self._settle_unanswered(now)
+        self._expire_reservations()
         for state in self._tasks.values():
             config = state.config
             measured = self.store.pending_measurements(
@@ -589,17 +590,16 @@ class Optimizer:
                 if state.updates_since_snapshot >= state.config.snapshot_every:
                     self._snapshot(state)
         self.stats.outcomes += 1
-        held = self._reservations.pop(decision.request_id, None)
-        if held is not None and self.budgets is not None:
+        if self.budgets is not None and state.config.budget is not None:
             outcome = stored.outcome
             # A default reward means nothing was measured: charge what was reserved.
             actual = (
-                held[0].amount
+                None
                 if stored.source == "default"
                 else Spend(float(outcome.total_tokens or 0), float(outcome.cost or 0.0))
             )
             try:
-                self.budgets.settle(decision.task_type, held[0], actual, held[1])
+                self.budgets.settle_request(decision.task_type, decision.request_id, actual)
             except Exception as exc:  # the outcome is recorded; the budget shows the failure
                 self._failed("budget", exc)
         if self.rollout is not None:
@@ -676,31 +676,32 @@ class Optimizer:
                 state.last_outcome_seq = recorded.seq
         return learned
 
-    def _settle_unanswered(self, now: float) -> None:
-        """Charge the reserved maximum of calls whose wait window closed without an outcome.
+    def _expire_reservations(self) -> None:
+        """Charge in full the reservations whose wait window closed without an outcome.
 
-        Nothing says what such a call spent, so it is charged what it could have
-        spent: the budget errs on the safe side, and the reservation does not stay
-        open for ever.  (Reservations held by a process that crashed are not known
-        here; they stay open in the budget state until its day ends.)
+        They live in the shared budget state, so this charges every replica's,
+        a crashed one's included.
         """
         if self.budgets is None:
             return
-        for request_id, (reservation, arm, task_type, logged_at) in list(
-            self._reservations.items()
-        ):
-            if logged_at >= now - self._tasks[task_type].config.reward_wait_s:
+        for state in self._tasks.values():
+            if state.config.budget is None:
                 continue
-            if self._reservations.pop(request_id, None) is None:
-                continue  # its outcome arrived meanwhile
             try:
-                self.budgets.settle(task_type, reservation, reservation.amount, arm)
+                self.budgets.expire(state.config.name)
             except Exception as exc:
                 self._failed("budget", exc)
 
+    def _release(self, task_type: str, reservation: Reservation) -> None:
+        assert self.budgets is not None
+        try:
+            self.budgets.release(task_type, reservation)
+        except Exception as exc:  # left open, it is charged when its window closes
+            self._failed("budget", exc)
+
     def _reserve(
         self, config: TaskConfig, decision: Decision, caps: Mapping[int, Spend]
-    ) -> Decision:
+    ) -> tuple[Decision, Reservation | None]:
         """Reserve the call's maximum spend; when it no longer fits, serve the baseline.
 
         The baseline is served without a reservation: budgets limit what paramloop
@@ -708,10 +709,16 @@ class Optimizer:
         """
         assert self.budgets is not None
         try:
-            reservation = self.budgets.reserve(config.name, decision.arm, caps[decision.arm])
+            reservation = self.budgets.reserve(
+                config.name,
+                decision.arm,
+                caps[decision.arm],
+                request_id=decision.request_id,
+                expires=decision.timestamp + config.reward_wait_s,
+            )
         except BudgetExhaustedError as exc:
             baseline = config.space.baseline_arm
-            return replace(
+            served = replace(
                 decision,
                 arm=baseline,
                 params=config.space.params(baseline, seed=decision.seed),
@@ -720,13 +727,8 @@ class Optimizer:
                 intended_arm=decision.arm,
                 error=str(exc),
             )
-        self._reservations[decision.request_id] = (
-            reservation,
-            decision.arm,
-            config.name,
-            decision.timestamp,
-        )
-        return decision
+            return served, None
+        return decision, reservation
 
     def _fallback(
         self,
