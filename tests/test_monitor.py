@@ -8,11 +8,14 @@ holds its nominal level (so a correct method fails the test with probability
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats  # type: ignore[import-untyped, unused-ignore]
 
 from paramloop.core.assignment import Group
@@ -369,3 +372,50 @@ def test_alpha_is_split_over_enabled_families() -> None:
     assert SLOConfig().family_alpha == pytest.approx(0.05 / 3)
     only_errors = SLOConfig(latency_p99_increase=None, quality_drop=None)
     assert only_errors.families == ("errors",) and only_errors.family_alpha == 0.05
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), cut=st.integers(0, 400), zeros=st.booleans())
+def test_a_saved_monitor_continues_exactly_as_the_uninterrupted_one(
+    seed: int, cut: int, zeros: bool
+) -> None:
+    """Save and restore at any point (through JSON): every later verdict and window is the same.
+
+    Compared with a monitor fed in the same two batches: a batch update equals
+    one-by-one updates only up to float rounding.
+    """
+    rng = np.random.default_rng(seed)
+    n = 400
+    times = np.sort(rng.uniform(0.0, 7_200.0, n))
+    latency = rng.gamma(2.0, 100.0, n) * (rng.random(n) > 0.1 if zeros else 1.0)
+    quality = np.where(rng.random(n) < 0.2, np.nan, rng.random(n))
+    error, cost = rng.random(n) < 0.05, rng.random(n)
+    groups = rng.random(n) < 0.5
+    config = SLOConfig(min_samples=20)
+
+    def feed(monitor: SLOMonitor, rows: slice) -> None:
+        for group, mask in ((Group.TREATMENT, groups), (Group.CONTROL, ~groups)):
+            pick = mask[rows]
+            monitor.observe_many(
+                group,
+                times[rows][pick],
+                latency_ms=latency[rows][pick],
+                quality=quality[rows][pick],
+                error=error[rows][pick],
+                cost=cost[rows][pick],
+            )
+
+    whole = SLOMonitor(config)
+    feed(whole, slice(0, cut))
+    restored = SLOMonitor.from_dict(config, json.loads(json.dumps(whole.to_dict())))
+    feed(whole, slice(cut, n))
+    feed(restored, slice(cut, n))
+    assert [s.to_dict() for s in restored.statuses()] == [s.to_dict() for s in whole.statuses()]
+    for group in Group:
+        assert restored.window(group, 7_200.0) == whole.window(group, 7_200.0)
+        assert restored.latency_interval(group) == whole.latency_interval(group)
+
+
+def test_a_corrupt_saved_monitor_is_refused_by_name() -> None:
+    with pytest.raises(InputError, match="not a saved SLO monitor"):
+        SLOMonitor.from_dict(SLOConfig(), {"treatment": {}})

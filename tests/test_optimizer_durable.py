@@ -379,6 +379,9 @@ class Interleaved:
     def count_decisions(self, task_type: str | None = None) -> int:
         return self.inner.count_decisions(task_type)
 
+    def last_outcome_seq(self, task_type: str) -> int:
+        return self.inner.last_outcome_seq(task_type)
+
     def save_measurement(
         self, request_id: str, task_type: str, measured: Outcome, timestamp: float
     ) -> bool:

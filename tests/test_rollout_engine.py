@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +26,7 @@ from paramloop.errors import InputError, StaleStateError, TransitionError, Unkno
 from paramloop.sim.tasks import default_tasks
 from paramloop.sim.world import World
 from paramloop.store import Store
+from paramloop.store.base import LoggedRow
 from paramloop.store.memory import MemoryDecisionLog
 from paramloop.store.sqlite import SQLiteDecisionLog
 from paramloop.types import Decision, GateReportRecord, Outcome, Params
@@ -391,3 +394,76 @@ def test_the_whole_loop_starts_where_the_configuration_says_and_audits_it() -> N
     assert again.rollout.state(TASK).phase is Phase.GENERAL
     with pytest.raises(InputError, match="initial"):
         build_loop(configs, MemoryDecisionLog(), initial={TASK: (Phase.CANARY, 50.0)})
+
+
+class CountingStore(SQLiteDecisionLog):
+    """A SQLite store that counts the decisions read back by ``iter_logged``."""
+
+    rows_read = 0
+
+    def iter_logged(self, *args: Any, **kwargs: Any) -> Iterator[list[LoggedRow]]:
+        for chunk in super().iter_logged(*args, **kwargs):
+            CountingStore.rows_read += len(chunk)
+            yield chunk
+
+
+def healthy_traffic(optimizers: list[Optimizer], clock: Clock, n: int, seed: int) -> None:
+    """``n`` requests spread over the replicas, each outcome posted to a random replica."""
+    world, rng = World(), np.random.default_rng(seed)
+    for i in range(n):
+        clock.now += 0.5
+        decision = optimizers[i % len(optimizers)].recommend(TASK, world.sample_context(TASK, rng))
+        outcome = Outcome(quality=float(rng.uniform(0.6, 1.0)), latency_ms=float(rng.gamma(9, 100)))
+        optimizers[int(rng.integers(len(optimizers)))].record_outcome(decision.request_id, outcome)
+
+
+def slo_view(controller: RolloutController) -> tuple[object, ...]:
+    status = controller.status(TASK)
+    return status["slo"]["rules"], status["windows"], status["drift"]
+
+
+def test_a_restart_reads_the_monitor_snapshot_and_the_log_after_it_not_the_phase(
+    tmp_path: Path,
+) -> None:
+    path, clock = tmp_path / "rollout.db", Clock()
+    drift = DriftSettings(reference=1_000, window=250, min_samples=250)
+    store = CountingStore(path)
+    optimizer, controller = build(store, clock, drift=drift)
+    walk_to(optimizer, controller, store, clock, Phase.CANARY)
+    healthy_traffic([optimizer], clock, 1_500, seed=5)
+    optimizer.save_snapshots()  # what the service does at shutdown, or every 10 s
+    healthy_traffic([optimizer], clock, 120, seed=6)  # after the snapshot: the tail
+    expected = slo_view(controller)
+    # kill -9: no close(); a new process opens the same file.
+    CountingStore.rows_read = 0
+    _, restarted = build(CountingStore(path), clock, drift=drift)
+    # The tail and the snapshot's newest decision (the read starts at its timestamp),
+    # not the phase's 1,620 decisions.
+    assert CountingStore.rows_read <= 121
+    assert slo_view(restarted) == expected
+    assert restarted.status(TASK)["confidence"] == pytest.approx(
+        controller.status(TASK)["confidence"]
+    )
+    optimizer.close()
+
+
+def test_replicas_judge_the_same_outcomes(tmp_path: Path) -> None:
+    path, clock = tmp_path / "shared.db", Clock()
+    store = SQLiteDecisionLog(path)
+    first, first_rollout = build(store, clock)
+    walk_to(first, first_rollout, store, clock, Phase.CANARY)
+    second, second_rollout = build(SQLiteDecisionLog(path), clock)
+    healthy_traffic([first, second], clock, 600, seed=8)
+    for replica in (first, second):
+        replica.sync()
+    rules = [
+        controller.status(TASK)["slo"]["rules"] for controller in (first_rollout, second_rollout)
+    ]
+    counted = [(r["n_treatment"], r["n_control"]) for r in rules[0]]
+    assert sum(counted[0]) >= 600  # each counts every replica's outcomes, not only its own
+    assert [(r["n_treatment"], r["n_control"]) for r in rules[1]] == counted
+    for ours, theirs in zip(rules[0], rules[1], strict=True):
+        assert ours["verdict"] == theirs["verdict"]
+        assert ours["treatment"]["estimate"] == pytest.approx(theirs["treatment"]["estimate"])
+    first.close()
+    second.close()

@@ -927,3 +927,15 @@ def test_postgres_refuses_a_schema_name_it_would_have_to_quote() -> None:
     with pytest.raises(ConfigError, match="schema"):
         # Never contacted: the name is checked before connecting.
         PostgresDecisionLog("postgresql://nobody@127.0.0.1:1/none", schema='x"; DROP TABLE y; --')
+
+
+def test_last_outcome_seq_is_the_task_types_greatest(store: DecisionLog) -> None:
+    assert store.last_outcome_seq("summarize") == 0
+    first = make_decision("a")
+    other = make_decision("b", task_type="translate")
+    later = make_decision("c")
+    store.append_decisions([first, other, later])
+    seqs = [store.attach_outcome(make_outcome(d))[0].seq for d in (first, other, later)]
+    assert store.last_outcome_seq("summarize") == seqs[2]
+    assert store.last_outcome_seq("translate") == seqs[1]
+    assert store.last_outcome_seq("never-seen") == 0

@@ -38,7 +38,7 @@ breach", not "proven safe").
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -46,6 +46,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from ddsketch import DDSketch
+from ddsketch.ddsketch import BaseDDSketch
+from ddsketch.mapping import LogarithmicMapping
+from ddsketch.store import DenseStore
 
 from paramloop.core.assignment import Group
 from paramloop.core.sequential import EmpiricalBernsteinCS, Interval, prior_weight, quantile_ranks
@@ -197,6 +200,65 @@ class _Stream:
 FloatArray = npt.NDArray[np.float64]
 
 
+def sketch_to_dict(sketch: BaseDDSketch) -> dict[str, Any]:
+    """A DDSketch's bins as JSON data: what ddsketch's own protobuf form keeps, without protobuf.
+
+    Quantiles and counts depend only on these (min, max and sum are not kept,
+    as in ddsketch's serialization; the monitor reads none of them).
+    """
+
+    def bins(store: DenseStore) -> list[Any]:
+        counts = [float(c) for c in store.bins]
+        used = [i for i, c in enumerate(counts) if c]
+        if not used:
+            return [0, []]
+        return [store.offset + used[0], counts[used[0] : used[-1] + 1]]
+
+    # The same fields ddsketch.pb.proto reads.
+    return {
+        "accuracy": sketch._mapping.relative_accuracy,
+        "positive": bins(sketch._store),
+        "negative": bins(sketch._negative_store),
+        "zero": float(sketch._zero_count),
+    }
+
+
+def sketch_from_dict(data: Mapping[str, Any]) -> DDSketch:
+    """The sketch :func:`sketch_to_dict` saved (built as ddsketch's ``from_proto`` does)."""
+
+    def store(offset_bins: Sequence[Any]) -> DenseStore:
+        offset, bins = int(offset_bins[0]), offset_bins[1]
+        built = DenseStore()
+        built.offset = offset
+        for i, count in enumerate(bins):
+            if count:
+                built.add(offset + i, float(count))
+        return built
+
+    sketch = DDSketch(float(data["accuracy"]))
+    BaseDDSketch.__init__(
+        sketch,
+        mapping=LogarithmicMapping(float(data["accuracy"])),
+        store=store(data["positive"]),
+        negative_store=store(data["negative"]),
+        zero_count=float(data["zero"]),
+    )
+    return sketch
+
+
+def _slice_to_list(key: int, piece: _Slice) -> list[Any]:
+    return [key, sketch_to_dict(piece.latency), piece.n, piece.errors, piece.quality_n,
+            piece.quality_sum, piece.cost_n, piece.cost_sum]  # fmt: skip
+
+
+def _slice_from_list(row: Sequence[Any]) -> tuple[int, _Slice]:
+    key, sketch, n, errors, quality_n, quality_sum, cost_n, cost_sum = row
+    return int(key), _Slice(
+        sketch_from_dict(sketch), int(n), int(errors), int(quality_n), float(quality_sum),
+        int(cost_n), float(cost_sum),
+    )  # fmt: skip
+
+
 def _as_array(name: str, values: npt.ArrayLike, size: int) -> FloatArray:
     array = np.asarray(values, dtype=float).ravel()
     if array.size != size:
@@ -303,6 +365,42 @@ class SLOMonitor:
             oldest = math.floor(float(t.max()) / self._slice_s) - self.config.window_slices + 1
             for key in [key for key in stream.slices if key < oldest]:
                 del stream.slices[key]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The monitor's whole state as JSON data: sketches, sequences, window slices.
+
+        Its size is bounded (sketch bins, ``window_slices`` slices), whatever
+        the number of observations, so a saved monitor restores in O(1).
+        """
+        return {
+            str(group): {
+                "latency": sketch_to_dict(stream.latency),
+                "quality": stream.quality.to_dict(),
+                "errors": stream.errors.to_dict(),
+                "slices": [
+                    _slice_to_list(key, piece) for key, piece in sorted(stream.slices.items())
+                ],
+            }
+            for group, stream in self._streams.items()
+        }
+
+    @classmethod
+    def from_dict(cls, config: SLOConfig, data: Mapping[str, Any]) -> SLOMonitor:
+        """The monitor :meth:`to_dict` saved, under ``config`` (the thresholds may have changed;
+        the sequences keep the α they were started with)."""
+        monitor = cls(config)
+        try:
+            for group in Group:
+                saved = data[str(group)]
+                monitor._streams[group] = _Stream(
+                    sketch_from_dict(saved["latency"]),
+                    EmpiricalBernsteinCS.from_dict(saved["quality"]),
+                    EmpiricalBernsteinCS.from_dict(saved["errors"]),
+                    dict(_slice_from_list(row) for row in saved["slices"]),
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError("data", f"not a saved SLO monitor ({exc!r})") from exc
+        return monitor
 
     def window(self, group: Group, now: float) -> WindowSummary:
         """The group's figures over the ``window_slices`` slices up to the one holding ``now``.

@@ -27,8 +27,10 @@ distribution (last release 2023), so the few lines are written out here.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -120,6 +122,25 @@ class EmpiricalBernsteinCS:
         self._sum_lambda_sq += float((lam**2).sum())
         self._sum_lambda_x += float((lam * x).sum())
         self._sum_v_psi += float((v * psi).sum())
+
+    #: The running sums :meth:`to_dict` saves, in order.
+    _SUMS = ("_sum", "_sum_sq_dev", "_sum_lambda", "_sum_lambda_sq", "_sum_lambda_x", "_sum_v_psi")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The sequence's whole state as JSON data (it is its running sums)."""
+        return {"alpha": self.alpha, "n": self.n, "sums": [getattr(self, k) for k in self._SUMS]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EmpiricalBernsteinCS:
+        """The sequence :meth:`to_dict` saved; it continues exactly as the original would."""
+        cs = cls(float(data["alpha"]))
+        sums = [float(v) for v in data["sums"]]
+        if len(sums) != len(cls._SUMS) or int(data["n"]) < 0:
+            raise InputError("data", f"not a saved confidence sequence: {dict(data)!r}")
+        cs.n = int(data["n"])
+        for name, value in zip(cls._SUMS, sums, strict=True):
+            setattr(cs, name, value)
+        return cs
 
     @property
     def effective_n(self) -> float:

@@ -466,13 +466,25 @@ class Optimizer:
                 new = self._catch_up(state)
                 state.updates_since_snapshot += new
             learned += new
+        if self.rollout is not None:
+            try:  # the rollouts other replicas changed, and their outcomes for the SLO monitors
+                self.rollout.refresh()
+                self.rollout.sync()
+            except Exception as exc:
+                self._failed("rollout", exc)
         return learned
 
     def save_snapshots(self) -> None:
-        """Snapshot every task type's policy now (also done every ``snapshot_every`` updates)."""
+        """Snapshot every task type's policy (also done every ``snapshot_every`` updates) and
+        the rollouts' SLO monitors now."""
         for state in self._tasks.values():
             with state.lock:
                 self._snapshot(state)
+        if self.rollout is not None:
+            try:
+                self.rollout.save_snapshots()
+            except Exception as exc:
+                self._failed("rollout", exc)
 
     def close(self) -> None:
         """Snapshot the policies and close the store."""
@@ -604,7 +616,7 @@ class Optimizer:
                 self._failed("budget", exc)
         if self.rollout is not None:
             try:
-                self.rollout.observe_outcome(decision, stored.outcome)
+                self.rollout.observe_outcome(decision, stored)
             except Exception as exc:  # an outcome is never refused because a guardrail failed
                 self._failed("rollout", exc)
         return stored, True

@@ -8,8 +8,15 @@ sinks.  Per task type it keeps:
   (kind ``rollout``) by compare and swap, with the assignment salt and the
   drift freeze — so every replica and every restart routes alike;
 * an :class:`~paramloop.core.monitor.SLOMonitor` for the current phase, fed
-  with each outcome by group and rebuilt from the log on restart (outcomes of
-  the phase's decisions, in arrival order);
+  with every outcome of the phase's decisions by group, in the log's outcome
+  order: this process's outcomes as they are recorded, every other replica's
+  through :meth:`RolloutController.sync` (a watermark on the outcome ``seq``,
+  as the optimizer learns), so every replica judges the same outcomes;
+* a snapshot of all that (engine state kind ``rollout_monitor``: the monitor's
+  sketches and sequences, the watermark, the phase's counters and the drift
+  windows, all of bounded size), saved at most every ``snapshot_interval_s``
+  and at each phase change, so a start reads the snapshot and the log after
+  it: O(1) in the length of the history, not a replay of the phase;
 * the phase's mean recommendation confidence and, in shadow, the agreement
   between the policy's intended arm and the baseline it served;
 * a :class:`~paramloop.core.drift.DriftDetector` against a reference window of
@@ -24,9 +31,11 @@ state as it was.
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -52,10 +61,16 @@ from paramloop.core.rollout import (
 from paramloop.engine.alerts import AlertManager
 from paramloop.errors import ConfigError, InputError, StaleStateError, UnknownTaskTypeError
 from paramloop.store.base import Store
-from paramloop.types import Decision, Outcome, ProvenanceRecord, StateRecord
+from paramloop.types import Decision, Outcome, ProvenanceRecord, RecordedOutcome, StateRecord
+
+log = logging.getLogger(__name__)
 
 #: Engine-state kind of a rollout.
 STATE_KIND = "rollout"
+#: Engine-state kind of a rollout's monitor snapshot.
+MONITOR_KIND = "rollout_monitor"
+#: Outcomes read from the log per query when catching up.
+_CATCH_UP_CHUNK = 5_000
 
 
 @dataclass(frozen=True)
@@ -83,12 +98,18 @@ class RolloutSettings:
     drift: DriftSettings = field(default_factory=DriftSettings)
     #: Run the SLO analysis every this many outcomes of the phase.
     analysis_every: int = 50
+    snapshot_interval_s: float = 10.0
     low_confidence_threshold: float = 0.5
     low_confidence_limit: int = 10
 
     def __post_init__(self) -> None:
         if self.analysis_every < 1:
             raise ConfigError("rollout.analysis_every", f"must be ≥ 1, got {self.analysis_every!r}")
+        if not (math.isfinite(self.snapshot_interval_s) and self.snapshot_interval_s >= 0):
+            raise ConfigError(
+                "rollout.snapshot_interval_s",
+                f"must be ≥ 0 seconds, got {self.snapshot_interval_s!r}",
+            )
 
 
 @dataclass(frozen=True)
@@ -133,6 +154,14 @@ class _Live:
     reference: list[Mapping[str, Any]] = field(default_factory=list)
     drift: DriftDetector | None = None
     drift_seen: int = 0
+    # The drift detector's window as plain contexts (a snapshot rebuilds the detector from them).
+    recent: deque[dict[str, Any]] = field(default_factory=deque)
+    # Outcome watermark: every outcome with seq ≤ last_seq is counted, and those in own_seqs.
+    last_seq: int = 0
+    own_seqs: set[int] = field(default_factory=set)
+    # The newest decision timestamp counted (confidence, agreement, drift).
+    decisions_until: float = -math.inf
+    saved_at: float = -math.inf  # monotonic time of the last monitor snapshot
 
 
 class RolloutController:
@@ -187,22 +216,47 @@ class RolloutController:
                     live.agree += decision.intended_arm == decision.arm
             alert = live.low_confidence.update(min(1.0, max(0.0, decision.confidence)))
             drifted = self._observe_context(live, decision)
+            live.decisions_until = max(live.decisions_until, decision.timestamp)
         if alert is not None:
             self.alerts.raise_alert(alert)
         if drifted:
             self._freeze_for_drift(decision.task_type)
 
-    def observe_outcome(self, decision: Decision, outcome: Outcome) -> None:
-        """Feed the SLO monitor; every ``analysis_every`` outcomes, analyse and act."""
+    def observe_outcome(self, decision: Decision, recorded: RecordedOutcome) -> None:
+        """Feed the SLO monitor an outcome this process logged; every ``analysis_every``, analyse.
+
+        An outcome without a ``seq`` (it waits in a spool) is counted by
+        :meth:`sync` once it reaches the log, as another replica's would be.
+        """
         live = self._get(decision.task_type)
         with live.lock:
-            if not _in_phase(live.state, decision):
-                return
-            _observe(live.monitor, decision, outcome, self.clock())
-            live.outcomes += 1
-            due = live.outcomes % live.settings.analysis_every == 0
+            if not recorded.seq or recorded.seq <= live.last_seq or recorded.seq in live.own_seqs:
+                return  # not in the log yet, or sync() counted it already
+            live.own_seqs.add(recorded.seq)
+            due = self._count(live, decision, recorded)
         if due:
             self.analyze(decision.task_type)
+
+    def sync(self) -> int:
+        """Count every outcome other replicas (or a replayed spool) logged since the last sync.
+
+        Each outcome is counted once, in log order after this process's own;
+        an analysis falls due as it would have had the outcomes arrived here.
+        Returns how many outcomes were counted.
+        """
+        counted = 0
+        for task_type in list(self._live):
+            due, new = self._catch_up(self._get(task_type))
+            counted += new
+            if due:
+                self.analyze(task_type)
+        return counted
+
+    def save_snapshots(self) -> None:
+        """Save every task type's monitor snapshot now (the service does at shutdown)."""
+        for live in list(self._live.values()):
+            self._catch_up(live)
+            self._save_monitor(live)
 
     # -- analysis and automatic actions ---------------------------------------------------
 
@@ -214,9 +268,16 @@ class RolloutController:
             verdict = overall(statuses)
             before = live.state
             analysed, event = record_analysis(before, live.settings.plan, verdict, self.clock())
+            if time.monotonic() - live.saved_at >= live.settings.snapshot_interval_s:
+                self._catch_up(live)
+                self._save_monitor(live)
             if analysed == replace(before, version=analysed.version):
                 return verdict  # nothing to record (no treatment traffic)
-            self._save(live, analysed)
+            try:
+                self._save(live, analysed)
+            except StaleStateError:
+                # Another replica judged the same log first and recorded it; its state is adopted.
+                return verdict
             evidence = {"slo": [s.to_dict() for s in statuses], "verdict": str(verdict)}
             if analysed.frozen and not before.frozen and event is None:
                 self._audit(task_type, "freeze", "rule:slo", analysed.frozen_reason or "", evidence)
@@ -366,7 +427,9 @@ class RolloutController:
             live.drift_frozen = None
             live.drift_since = self.clock()
             live.reference, live.drift, live.drift_seen = [], None, 0
+            live.recent.clear()
             self._save(live, new)
+            self._save_monitor(live)
             self._audit(task_type, "unfreeze", actor, reason, was)
         return new
 
@@ -435,6 +498,7 @@ class RolloutController:
             after = next_phase(before, event, live.settings.plan, self.clock(), reason=reason)
             self._save(live, after)
             self._enter_phase(live)
+            self._save_monitor(live)
             self._audit(
                 task_type,
                 kind,
@@ -489,15 +553,13 @@ class RolloutController:
         if live.drift is None:
             live.reference.append(dict(decision.context))
             if len(live.reference) >= settings.reference:
-                live.drift = DriftDetector(
-                    [_plain(c) for c in live.reference],
-                    metric=settings.metric,
-                    threshold=settings.threshold,
-                    window=settings.window,
-                    min_samples=settings.min_samples,
-                )
+                live.drift = _detector(settings, live.reference)
             return False
-        live.drift.update(_plain(decision.context))
+        plain = _plain(decision.context)
+        live.drift.update(plain)
+        live.recent.append(plain)
+        while len(live.recent) > settings.window:
+            live.recent.popleft()
         live.drift_seen += 1
         # Judge tumbling windows, not every request: a sliding window tested at each
         # request would test the same data hundreds of times and multiply false alarms.
@@ -534,16 +596,26 @@ class RolloutController:
         live.store_version = stored.version
         live.state = state
 
-    def _reload(self, live: _Live) -> None:
-        fresh = self._load(live.state.task_type, live.settings)
-        self._live[live.state.task_type] = fresh
+    def _reload(self, live: _Live, stored: StateRecord | None = None) -> None:
+        """Adopt the stored rollout; the monitor is kept while the phase is the same one."""
+        task_type = live.state.task_type
+        stored = stored or self.store.get_state(STATE_KIND, task_type)
+        if stored is not None:
+            state = RolloutState.from_dict(stored.data["state"])
+            drift_since = float(stored.data.get("drift_since", live.drift_since))
+            if _epoch(state, drift_since) == _epoch(live.state, live.drift_since):
+                with live.lock:  # another replica recorded an analysis: same phase, same evidence
+                    live.state, live.store_version = state, stored.version
+                    live.drift_frozen = stored.data.get("drift_frozen")
+                return
+        self._live[task_type] = self._load(task_type, live.settings)
 
     def refresh(self) -> None:
         """Re-read every rollout from the store (other replicas' changes)."""
         for task_type, live in list(self._live.items()):
             stored = self.store.get_state(STATE_KIND, task_type)
             if stored is not None and stored.version != live.store_version:
-                self._live[task_type] = self._load(task_type, live.settings)
+                self._reload(live, stored)
 
     def _load(self, task_type: str, settings: RolloutSettings) -> _Live:
         now = self.clock()
@@ -568,6 +640,8 @@ class RolloutController:
                 low_confidence=LowConfidenceRule(
                     task_type, settings.low_confidence_threshold, settings.low_confidence_limit
                 ),
+                # Outcomes already logged belong to decisions before this phase.
+                last_seq=self.store.last_outcome_seq(task_type),
             )
             try:
                 self._save(live, state)
@@ -595,29 +669,156 @@ class RolloutController:
                 task_type, settings.low_confidence_threshold, settings.low_confidence_limit
             ),
         )
-        self._replay(live)
+        if not self._restore_monitor(live):
+            self._replay(live)
         return live
 
     def _replay(self, live: _Live) -> None:
-        """Rebuild the phase's monitor, confidence, agreement and drift window from the log."""
+        """Rebuild the phase's monitor, confidence, agreement and drift window from the log.
+
+        O(phase): the fallback when no snapshot of this phase exists (the first
+        start after an upgrade, or a snapshot that could not be read).
+        """
         state = live.state
+        # Outcomes up to this watermark are counted here, later ones by sync().
+        live.last_seq = self.store.last_outcome_seq(state.task_type)
         since = min(state.entered_at, live.drift_since)
         rows = [row for chunk in self.store.iter_logged(state.task_type, since) for row in chunk]
         for decision, _ in rows:
-            if _in_phase(state, decision):
-                live.confidence_sum += decision.confidence
-                live.confidence_n += 1
-                if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
-                    live.shadowed += 1
-                    live.agree += decision.intended_arm == decision.arm
-            self._observe_context(live, decision)
+            self._count_decision(live, decision)
         measured = sorted(
-            ((d, o) for d, o in rows if o is not None and _in_phase(state, d)),
+            (
+                (d, o)
+                for d, o in rows
+                if o is not None and 0 < o.seq <= live.last_seq and _in_phase(state, d)
+            ),
             key=lambda r: r[1].seq,
         )
         for decision, recorded in measured:
             _observe(live.monitor, decision, recorded.outcome, recorded.timestamp)
         live.outcomes = len(measured)
+
+    def _count_decision(self, live: _Live, decision: Decision) -> None:
+        """Count a decision read back from the log: confidence, agreement, drift (no alerts)."""
+        if _in_phase(live.state, decision):
+            live.confidence_sum += decision.confidence
+            live.confidence_n += 1
+            if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
+                live.shadowed += 1
+                live.agree += decision.intended_arm == decision.arm
+        self._observe_context(live, decision)
+        live.decisions_until = max(live.decisions_until, decision.timestamp)
+
+    def _count(self, live: _Live, decision: Decision, recorded: RecordedOutcome) -> bool:
+        """Feed one outcome of the phase to the monitor; whether an analysis falls due."""
+        if not _in_phase(live.state, decision):
+            return False
+        _observe(live.monitor, decision, recorded.outcome, recorded.timestamp)
+        live.outcomes += 1
+        return live.outcomes % live.settings.analysis_every == 0
+
+    def _catch_up(self, live: _Live) -> tuple[bool, int]:
+        """Count the log's outcomes after the watermark (skipping this process's own).
+
+        Takes the lock per chunk, so the request path is never held for a long
+        catch-up.  Returns whether an analysis fell due and how many were counted.
+        """
+        due, counted = False, 0
+        while True:
+            with live.lock:
+                task_type = live.state.task_type
+                rows = self.store.outcomes_since(task_type, live.last_seq, _CATCH_UP_CHUNK)
+                for decision, recorded in rows:
+                    if recorded.seq in live.own_seqs:
+                        live.own_seqs.discard(recorded.seq)
+                    else:
+                        due |= self._count(live, decision, recorded)
+                        counted += 1
+                    live.last_seq = max(live.last_seq, recorded.seq)
+            if len(rows) < _CATCH_UP_CHUNK:
+                return due, counted
+
+    def _save_monitor(self, live: _Live) -> None:
+        """Save the phase's snapshot (a cache: failing to save costs a longer start, nothing else)."""
+        with live.lock:
+            if live.own_seqs:
+                return  # own outcomes past the watermark: not a consistent cut; the next one is
+            state = live.state
+            data = {
+                "phase": str(state.phase),
+                "entered_at": state.entered_at,
+                "drift_since": live.drift_since,
+                "last_seq": live.last_seq,
+                "outcomes": live.outcomes,
+                "monitor": live.monitor.to_dict(),
+                "decisions_until": _finite_or_none(live.decisions_until),
+                "confidence": [live.confidence_sum, live.confidence_n],
+                "shadow": [live.agree, live.shadowed],
+                "drift": {
+                    "reference": json_safe([_plain(c) for c in live.reference]),
+                    "recent": json_safe(list(live.recent)),
+                    "seen": live.drift_seen,
+                },
+            }
+            live.saved_at = time.monotonic()
+        try:
+            current = self.store.get_state(MONITOR_KIND, state.task_type)
+            self.store.put_state(
+                StateRecord(MONITOR_KIND, state.task_type, data, self.clock()),
+                0 if current is None else current.version,
+            )
+        except StaleStateError:
+            pass  # another replica saved the same log's snapshot a moment ago
+        except Exception:
+            log.warning("rollout of %r: monitor snapshot not saved", state.task_type, exc_info=True)
+
+    def _restore_monitor(self, live: _Live) -> bool:
+        """Load the phase's snapshot and count the log after it; ``False`` when there is none."""
+        state = live.state
+        record = self.store.get_state(MONITOR_KIND, state.task_type)
+        if record is None:
+            return False
+        data = record.data
+        try:
+            saved = (str(data["phase"]), float(data["entered_at"]), float(data["drift_since"]))
+            if saved != _epoch(state, live.drift_since):
+                return False  # a snapshot of an earlier phase
+            live.monitor = SLOMonitor.from_dict(live.settings.slo, data["monitor"])
+            live.last_seq, live.outcomes = int(data["last_seq"]), int(data["outcomes"])
+            live.confidence_sum, live.confidence_n = (
+                float(data["confidence"][0]),
+                int(data["confidence"][1]),
+            )
+            live.agree, live.shadowed = int(data["shadow"][0]), int(data["shadow"][1])
+            until = data["decisions_until"]
+            live.decisions_until = -math.inf if until is None else float(until)
+            drift = data["drift"]
+            live.reference = list(drift["reference"])
+            if live.settings.drift.enabled and len(live.reference) >= live.settings.drift.reference:
+                live.drift = _detector(live.settings.drift, live.reference)
+                for context in drift["recent"]:
+                    live.drift.update(context)
+                    live.recent.append(context)
+            live.drift_seen = int(drift["seen"])
+        except (KeyError, TypeError, ValueError, InputError) as exc:
+            log.warning(
+                "rollout of %r: monitor snapshot unreadable (%r); replaying the phase",
+                state.task_type,
+                exc,
+            )
+            live.monitor = SLOMonitor(live.settings.slo)
+            live.reference, live.drift, live.drift_seen = [], None, 0
+            live.recent.clear()
+            live.confidence_sum, live.confidence_n, live.agree, live.shadowed = 0.0, 0, 0, 0
+            live.decisions_until = -math.inf
+            return False
+        start = None if live.decisions_until == -math.inf else live.decisions_until
+        for chunk in self.store.iter_logged(state.task_type, start):
+            for decision, _ in chunk:
+                if decision.timestamp > live.decisions_until:
+                    self._count_decision(live, decision)
+        self._catch_up(live)
+        return True
 
     def _audit(
         self, task_type: str, kind: str, actor: str, reason: str, evidence: Mapping[str, Any]
@@ -636,6 +837,25 @@ class RolloutController:
                 timestamp=self.clock(),
             )
         )
+
+
+def _epoch(state: RolloutState, drift_since: float) -> tuple[str, float, float]:
+    """What a monitor snapshot belongs to: the phase entered at a time, the drift reference's start."""
+    return str(state.phase), state.entered_at, drift_since
+
+
+def _detector(settings: DriftSettings, reference: Sequence[Mapping[str, Any]]) -> DriftDetector:
+    return DriftDetector(
+        [_plain(c) for c in reference],
+        metric=settings.metric,
+        threshold=settings.threshold,
+        window=settings.window,
+        min_samples=settings.min_samples,
+    )
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def group_of(decision: Decision) -> Group:

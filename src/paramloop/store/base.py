@@ -156,6 +156,9 @@ class DecisionLog(Protocol):
     def outcomes_since(self, task_type: str, after_seq: int, limit: int) -> list[OutcomeRow]:
         """Decisions with outcomes whose outcome ``seq`` is greater than ``after_seq``, by seq."""
 
+    def last_outcome_seq(self, task_type: str) -> int:
+        """The greatest outcome ``seq`` of the task type (0 before its first outcome)."""
+
     def pending_decisions(self, task_type: str, before: float, limit: int) -> list[Decision]:
         """Decisions without an outcome logged strictly before ``before`` (epoch seconds)."""
 

@@ -171,6 +171,11 @@ class MemoryDecisionLog:
                     rows.append((self._decisions[recorded.request_id], recorded))
             return rows
 
+    def last_outcome_seq(self, task_type: str) -> int:
+        with self._lock:
+            self._check_open("last_outcome_seq")
+            return next((r.seq for r in reversed(self._by_seq) if r.task_type == task_type), 0)
+
     def pending_decisions(self, task_type: str, before: float, limit: int) -> list[Decision]:
         _check_limit("limit", limit, minimum=0)
         with self._lock:

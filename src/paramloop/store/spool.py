@@ -78,6 +78,7 @@ KINDS: tuple[Kind, ...] = ("decision", "outcome", "measurement")
 GUARDED = frozenset(
     {
         "outcomes_since",
+        "last_outcome_seq",
         "pending_measurements",
         "save_snapshot",
         "latest_snapshot",

@@ -299,6 +299,11 @@ class SQLDecisionLog(ABC):
             rows = conn.execute(query).mappings().all()
         return [(_decision_from_row(row), _outcome_from_row(row, prefix="o_")) for row in rows]
 
+    def last_outcome_seq(self, task_type: str) -> int:
+        query = select(func.max(_O.seq)).where(_O.task_type == task_type)
+        with self._transaction("last_outcome_seq", write=False) as conn:
+            return int(conn.execute(query).scalar() or 0)
+
     def pending_decisions(self, task_type: str, before: float, limit: int) -> list[Decision]:
         _check_limit("limit", limit, minimum=0)
         query = (
