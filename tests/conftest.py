@@ -274,6 +274,22 @@ def local_upstream_url() -> Iterator[str]:
         yield f"{url}/v1"
 
 
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis (127.0.0.1:6379, db 15), or skip (fail when ``CI=true``) without it."""
+    import redis
+
+    url = os.environ.get("PARAMLOOP_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis is not reachable at {url} ({exc}); start it with `redis-server`")
+    finally:
+        client.close()
+    return url
+
+
 # -- store outages ------------------------------------------------------------------------
 #
 # ``FaultyLink(("127.0.0.1", 5432))`` listens on a free loopback port and forwards every

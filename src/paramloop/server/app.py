@@ -50,6 +50,7 @@ from paramloop.errors import (
     UnknownTaskTypeError,
 )
 from paramloop.server.auth import AuthError, Principal, Routes, document_security
+from paramloop.server.limits import Admission, KeyLimits, RateLimits, ThrottledError
 from paramloop.server.metrics import Metrics
 from paramloop.server.models import (
     DecisionBody,
@@ -99,6 +100,7 @@ class AppState:
     http: httpx.AsyncClient
     tracer: Any = None
     spool: SpooledStore | None = None
+    rate_limits: RateLimits | None = None
     started: float = field(default_factory=time.time)
     #: The engine's threads: every call that may touch the store runs here, never on
     #: the event loop, so a stuck store cannot stall the routes that do not need it.
@@ -183,14 +185,35 @@ def create_app(
     for slo, target in settings.slo.items():
         metrics.slo_target.labels(slo).set(target)
     backend = type(spool.primary if spool is not None else optimizer.store).__name__
+    pool_size = settings.upstream_max_connections or settings.max_concurrency
+    rate_limits = RateLimits(
+        KeyLimits(settings.rate_limit_rpm, settings.rate_limit_tpm),
+        {
+            key.name: KeyLimits(
+                key.rpm if key.rpm is not None else settings.rate_limit_rpm,
+                key.tpm if key.tpm is not None else settings.rate_limit_tpm,
+            )
+            for key in settings.api_keys
+        },
+        settings.redis_url,
+        on_store_error=lambda exc: metrics.errors.labels("rate_limit_store").inc(),
+    )
     state = AppState(
         settings=settings,
         loop=loop,
         service=service,
         metrics=metrics,
-        http=httpx.AsyncClient(transport=transport, timeout=60.0, trust_env=False),
+        http=httpx.AsyncClient(
+            transport=transport,
+            timeout=60.0,
+            trust_env=False,
+            limits=httpx.Limits(
+                max_connections=pool_size, max_keepalive_connections=min(pool_size, 256)
+            ),
+        ),
         tracer=tracer,
         spool=spool,
+        rate_limits=rate_limits if rate_limits.active else None,
     )
 
     @asynccontextmanager
@@ -258,15 +281,29 @@ def create_app(
     public, read, write, admin = (
         Routes(app, None, roles),
         Routes(app, "read", roles),
-        Routes(app, "write", roles),
+        Routes(app, "write", roles, counted=_count_request),
         Routes(app, "admin", roles),
     )
     _decision_routes(write, state)
     proxy.register(read, write, state)
     ops.register(public, read, admin, state)
     document_security(app, roles)
+    app.add_middleware(
+        Admission,
+        limit=settings.max_concurrency,
+        queue_timeout_s=settings.queue_timeout_s,
+        on_refused=lambda: metrics.errors.labels("overloaded").inc(),
+    )
     app.add_middleware(Edge, state=state)
     return app
+
+
+async def _count_request(request: Request) -> None:
+    """Count a write request against its key's requests per minute (429 past it)."""
+    limits: RateLimits | None = request.app.state.ctx.rate_limits
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if limits is not None and principal is not None:
+        await limits.request(principal.name)
 
 
 def _decision_routes(write: Routes, state: AppState) -> None:
@@ -468,6 +505,13 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
             problems.append(f"{where}: {error.get('msg', 'invalid')}")
         return error_response(
             status, "; ".join(problems), "invalid_request_error", params[0] if params else None
+        )
+
+    @app.exception_handler(ThrottledError)
+    async def throttled(_: Request, exc: ThrottledError) -> Response:
+        state.metrics.errors.labels(f"throttled_{exc.kind}").inc()
+        return Response(
+            exc.body(), exc.status, headers=exc.headers(), media_type="application/json"
         )
 
     @app.exception_handler(AuthError)

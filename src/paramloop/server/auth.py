@@ -111,10 +111,20 @@ class Routes:
     is remembered for the OpenAPI document (:func:`document_security`).
     """
 
-    def __init__(self, app: FastAPI, role: Role | None, roles: dict[tuple[str, str], Role]) -> None:
+    def __init__(
+        self,
+        app: FastAPI,
+        role: Role | None,
+        roles: dict[tuple[str, str], Role],
+        *,
+        counted: Callable[..., Any] | None = None,
+    ) -> None:
         self.app = app
         self.role = role
+        # ``counted`` runs after the key is known (the rate limit of write routes).
         self.dependencies = [] if role is None else [Depends(Require(role))]
+        if counted is not None:
+            self.dependencies.append(Depends(counted))
         self.roles = roles
 
     def _remember(self, path: str, method: str) -> None:

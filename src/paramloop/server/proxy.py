@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from paramloop.engine.service import ProxyPlan, prompt_hash
+from paramloop.engine.service import ProxyPlan, prompt_characters, prompt_hash
 from paramloop.errors import InputError, ParamloopError
 from paramloop.server.app import UNIT_HEADER
 from paramloop.server.settings import ANY_MODEL
@@ -99,6 +99,10 @@ def register(read: Routes, write: Routes, state: AppState) -> None:
         )
         request_id = request.headers.get(REQUEST_ID_HEADER) or os.urandom(16).hex()
         request.state.request_id = request_id
+        principal = getattr(request.state, "principal", None)
+        if state.rate_limits is not None and principal is not None:
+            # Before the decision: a call refused for tokens is logged nowhere and charges no arm.
+            await state.rate_limits.tokens(principal.name, _token_estimate(state, task_type, sent))
         try:
             with state.span("paramloop.plan", task_type=task_type):
                 plan = await state.run(
@@ -172,6 +176,16 @@ def _task_and_context(
     if not isinstance(raw_context, dict):
         raise InputError(where, "must be a JSON object of context features")
     return task_type, raw_context, unit
+
+
+def _token_estimate(state: AppState, task_type: str, body: Mapping[str, Any]) -> int:
+    """What a call may use, for the tokens-per-minute limit: the prompt (characters / 4) and
+    the completion tokens asked for, else the most any of the task type's arms may ask."""
+    asked = body.get("max_completion_tokens") or body.get("max_tokens")
+    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 0:
+        arms = state.service.optimizer.config(task_type).space.arms  # UnknownTaskTypeError: 404
+        asked = max((arm.max_tokens or 0 for arm in arms), default=0)
+    return prompt_characters(body.get("messages")) // 4 + asked
 
 
 def _wants_usage(body: Mapping[str, Any]) -> bool:

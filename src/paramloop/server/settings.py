@@ -56,6 +56,7 @@ ANY_MODEL = "*"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _URL = re.compile(r"https?://[^/\s]+")
+_REDIS_URL = re.compile(r"rediss?://[^/\s]+(/\d+)?/?$")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -68,6 +69,9 @@ class ApiKey:
     name: str
     role: Role
     sha256: str = field(repr=False)
+    #: This key's requests and tokens per minute (``None``: the service's ``rate_limit_*``).
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,19 @@ class Settings:
     store_timeout_s: float = 1.0
     #: How often a replica learns the outcomes other replicas logged (``PARAMLOOP_SYNC_INTERVAL_S``).
     sync_interval_s: float = 1.0
+    #: POST requests in progress at once; the next wait ``queue_timeout_s``, then get 503
+    #: (``PARAMLOOP_MAX_CONCURRENCY``, ``PARAMLOOP_QUEUE_TIMEOUT_S``).
+    max_concurrency: int = 512
+    queue_timeout_s: float = 1.0
+    #: The proxy's upstream connection pool (``PARAMLOOP_UPSTREAM_MAX_CONNECTIONS``; default
+    #: ``max_concurrency``, and never fewer: an admitted call never queues for a connection).
+    upstream_max_connections: int | None = None
+    #: Requests and tokens per minute per API key (``PARAMLOOP_RATE_LIMIT_RPM``,
+    #: ``PARAMLOOP_RATE_LIMIT_TPM``; ``None``: unlimited; a key's own ``rpm``/``tpm`` wins).
+    rate_limit_rpm: int | None = None
+    rate_limit_tpm: int | None = None
+    #: Where replicas share their rate-limit counters (``REDIS_URL``; ``None``: in process).
+    redis_url: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -168,6 +185,19 @@ class Settings:
                             f"no upstream serves model {arm.model!r} (task type {name!r}); add "
                             f'[service.upstreams."{arm.model}"] or one for every model, "*"',
                         )
+        if (
+            self.upstream_max_connections is not None
+            and self.upstream_max_connections < self.max_concurrency
+        ):
+            raise ConfigError(
+                "PARAMLOOP_UPSTREAM_MAX_CONNECTIONS",
+                f"must be at least max_concurrency ({self.max_concurrency}), got "
+                f"{self.upstream_max_connections}: a call admitted would queue for a connection",
+            )
+        if self.redis_url is not None and not _REDIS_URL.match(self.redis_url):
+            raise ConfigError(
+                "REDIS_URL", "must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379/0"
+            )
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ConfigError("service.api_keys", f"key names must be unique, got {names}")
@@ -316,6 +346,12 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "spool_path",
         "store_timeout_s",
         "sync_interval_s",
+        "max_concurrency",
+        "queue_timeout_s",
+        "upstream_max_connections",
+        "rate_limit_rpm",
+        "rate_limit_tpm",
+        "redis_url",
     }
     _only(body, known, "service")
     out: dict[str, Any] = {}
@@ -343,6 +379,12 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ("spool_path", "PARAMLOOP_SPOOL_PATH", _text),
         ("store_timeout_s", "PARAMLOOP_STORE_TIMEOUT_S", _positive),
         ("sync_interval_s", "PARAMLOOP_SYNC_INTERVAL_S", _positive),
+        ("max_concurrency", "PARAMLOOP_MAX_CONCURRENCY", _positive_int),
+        ("queue_timeout_s", "PARAMLOOP_QUEUE_TIMEOUT_S", _positive),
+        ("upstream_max_connections", "PARAMLOOP_UPSTREAM_MAX_CONNECTIONS", _positive_int),
+        ("rate_limit_rpm", "PARAMLOOP_RATE_LIMIT_RPM", _positive_int),
+        ("rate_limit_tpm", "PARAMLOOP_RATE_LIMIT_TPM", _positive_int),
+        ("redis_url", "REDIS_URL", _text),
     ):
         found = pick(key, variable)
         if found is not None:
@@ -396,8 +438,13 @@ def _api_keys(entries: Any, from_env: str) -> tuple[ApiKey, ...]:
         raise ConfigError("service.api_keys", "must be an array of tables ([[service.api_keys]])")
     for i, entry in enumerate(entries):
         where = f"service.api_keys[{i}]"
-        _only(entry, {"name", "role", "sha256"}, where)
-        keys.append(_api_key(where, entry.get("name"), entry.get("role"), entry.get("sha256")))
+        _only(entry, {"name", "role", "sha256", "rpm", "tpm"}, where)
+        key = _api_key(where, entry.get("name"), entry.get("role"), entry.get("sha256"))
+        rpm, tpm = (
+            _positive_int(f"{where}.{name}", entry[name]) if name in entry else None
+            for name in ("rpm", "tpm")
+        )
+        keys.append(replace(key, rpm=rpm, tpm=tpm))
     for i, item in enumerate(part.strip() for part in from_env.split(",") if part.strip()):
         pieces = item.split(":")
         if len(pieces) != 3:

@@ -1,0 +1,211 @@
+"""Backpressure: a cap on the work in progress, and per-key rate limits, as LLM gateways have.
+
+Two guards, both answering before any decision is logged, so a refused request
+teaches nothing and costs no arm anything:
+
+* **Admission** (:class:`Admission`, ASGI middleware): at most
+  ``max_concurrency`` POST requests are in progress at once (decisions,
+  outcomes, proxied calls, admin actions); the next ones wait up to
+  ``queue_timeout_s`` for a slot, then get ``503`` with ``Retry-After``.  A
+  proxied stream holds its slot until its last byte.  The upstream connection
+  pool is at least as large (``upstream_max_connections`` ≥
+  ``max_concurrency``), so a call that was admitted never queues for a
+  connection: paramloop's own queueing is never an upstream error charged to
+  an arm.
+* **Rate limits** (:class:`RateLimits`): requests per minute per API key on
+  every write route, and tokens per minute per key on proxied calls (the
+  prompt's estimate plus the ``max_tokens`` asked for, charged when the call
+  is admitted).  Over a limit the answer is ``429`` with ``Retry-After``.  The
+  counters are the ``limits`` library's sliding-window counters, in this
+  process's memory or, with ``REDIS_URL``, in Redis, so replicas share one
+  limit per key.  If Redis fails the request is let through (and counted in
+  ``paramloop_errors_total{kind="rate_limit_store"}``): a limiter outage must
+  not become a service outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import orjson
+from limits import RateLimitItem, RateLimitItemPerMinute
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.storage import storage_from_string
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger("paramloop.server")
+
+#: Key prefix of paramloop's counters in a shared Redis.
+KEY_PREFIX = "paramloop"
+
+
+class ThrottledError(Exception):
+    """A request refused by backpressure: ``status`` 429 or 503, retry after ``retry_after_s``."""
+
+    def __init__(self, status: int, message: str, kind: str, retry_after_s: int) -> None:
+        self.status, self.kind, self.retry_after_s = status, kind, max(1, retry_after_s)
+        super().__init__(message)
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {"error": {"message": str(self), "type": self.kind, "param": None, "code": self.kind}}
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """One key's limits per minute (``None``: unlimited)."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class RateLimits:
+    """Per-key requests and tokens per minute (see the module docstring).
+
+    ``default`` applies to every key without its own entry in ``per_key``;
+    ``storage_url`` is ``None`` (this process's memory) or a ``redis://`` URL.
+    ``on_store_error`` is called when the counters' store fails (the request
+    is then let through).
+    """
+
+    def __init__(
+        self,
+        default: KeyLimits,
+        per_key: Mapping[str, KeyLimits],
+        storage_url: str | None = None,
+        *,
+        on_store_error: Callable[[Exception], None] = lambda exc: None,
+    ) -> None:
+        self.default, self.per_key = default, dict(per_key)
+        if storage_url is None:
+            storage = storage_from_string("async+memory://")
+        else:
+            storage = storage_from_string(
+                f"async+{storage_url}", implementation="redispy", key_prefix=KEY_PREFIX
+            )
+        self.limiter = SlidingWindowCounterRateLimiter(storage)
+        self.on_store_error = on_store_error
+        self._items: dict[tuple[str, int], RateLimitItem] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether any key has a limit (otherwise nothing is counted)."""
+        limits = [self.default, *self.per_key.values()]
+        return any(k.rpm is not None or k.tpm is not None for k in limits)
+
+    def of(self, caller: str) -> KeyLimits:
+        return self.per_key.get(caller, self.default)
+
+    async def request(self, caller: str) -> None:
+        """Count one request of ``caller``; raises :class:`ThrottledError` (429) past its RPM."""
+        limit = self.of(caller).rpm
+        if limit is not None:
+            await self._hit("requests", caller, limit, 1)
+
+    async def tokens(self, caller: str, tokens: int) -> None:
+        """Count ``tokens`` of ``caller``; raises :class:`ThrottledError` (429) past its TPM.
+
+        A call larger than the whole limit is refused outright: it could never fit.
+        """
+        limit = self.of(caller).tpm
+        if limit is None:
+            return
+        if tokens > limit:
+            raise ThrottledError(
+                429,
+                f"this call may use {tokens} tokens; the key {caller!r} may use {limit} per minute",
+                "tokens",
+                60,
+            )
+        await self._hit("tokens", caller, limit, max(1, tokens))
+
+    async def _hit(self, kind: str, caller: str, limit: int, cost: int) -> None:
+        item = self._item(kind, limit)
+        try:
+            admitted = await self.limiter.hit(item, kind, caller, cost=cost)
+            if admitted:
+                return
+            stats = await self.limiter.get_window_stats(item, kind, caller)
+        except Exception as exc:  # the counters' store is down: let the request through
+            self.on_store_error(exc)
+            log.warning("rate limit store failed; request let through", exc_info=exc)
+            return
+        retry = math.ceil(stats.reset_time - time.time())
+        unit = "requests" if kind == "requests" else "tokens"
+        raise ThrottledError(
+            429,
+            f"rate limit of the key {caller!r}: {limit} {unit} per minute; retry in {max(1, retry)} s",
+            kind,
+            retry,
+        )
+
+    def _item(self, kind: str, limit: int) -> RateLimitItem:
+        key = (kind, limit)
+        item = self._items.get(key)
+        if item is None:
+            item = self._items[key] = RateLimitItemPerMinute(limit)
+        return item
+
+
+class Admission:
+    """ASGI middleware: at most ``limit`` POST requests in progress (see the module docstring)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        queue_timeout_s: float,
+        on_refused: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.queue_timeout_s = queue_timeout_s
+        self.on_refused = on_refused
+        self._slots = asyncio.Semaphore(limit)
+
+    @property
+    def in_progress(self) -> int:
+        return self.limit - self._slots._value  # asyncio.Semaphore keeps its count here
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+        except TimeoutError:
+            self.on_refused()
+            refused = ThrottledError(
+                503,
+                f"the service is at its limit of {self.limit} requests in progress; retry shortly",
+                "overloaded",
+                1,
+            )
+            await send_throttled(send, refused)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
+
+
+async def send_throttled(send: Send, refused: ThrottledError) -> None:
+    """Answer ``refused`` as a JSON error (OpenAI's error shape) with ``Retry-After``."""
+    body = refused.body()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *((k.lower().encode(), v.encode()) for k, v in refused.headers().items()),
+    ]
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
