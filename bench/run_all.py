@@ -79,6 +79,14 @@ BENCHES: dict[str, tuple[list[str], list[str], str, str]] = {
         "by an asyncio HTTP/1.1 client on loopback; then the proxy's overhead over a stub OpenAI-compatible "
         "upstream that answers at once (direct vs through the proxy, one request at a time).",
     ),
+    "bench_startup": (
+        [],
+        ["--decisions", "40000", "--repeat", "1"],
+        "(j) service start-up on a long rollout phase",
+        "`create_app` as `paramloop serve` calls it, in a fresh process, on a SQLite log of 1,000,000 "
+        "decisions of the current canary phase: with the SLO monitor's snapshot (read it and the log "
+        "after it) and without (replay the phase). A policy snapshot exists before every timed start.",
+    ),
     "bench_streams": (
         [],
         ["--quick"],
