@@ -274,6 +274,80 @@ def local_upstream_url() -> Iterator[str]:
         yield f"{url}/v1"
 
 
+class ParamloopProcess:
+    """``paramloop serve --config …`` in a process of its own, on a free port (``url``)."""
+
+    def __init__(self, config: Path, port: int, *extra: str) -> None:
+        import subprocess
+        import sys
+
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("paramloop")), "serve", "--config", str(config),
+             "--port", str(port), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def wait_up(self, timeout_s: float = 60.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"paramloop serve exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        pytest.fail("paramloop serve did not start")
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown, no snapshot, no goodbye."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        import signal
+        import subprocess
+
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+@pytest.fixture
+def paramloop_process() -> Iterator[Callable[..., ParamloopProcess]]:
+    """``paramloop_process(config, *flags)`` starts ``paramloop serve`` and waits until it is live;
+    every one started is stopped (SIGTERM) at teardown."""
+    started: list[ParamloopProcess] = []
+
+    def start(config: Path, *extra: str) -> ParamloopProcess:
+        sock = free_socket()
+        port = int(sock.getsockname()[1])
+        sock.close()
+        server = ParamloopProcess(config, port, *extra)
+        started.append(server)
+        server.wait_up()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def postgres_database_url() -> str:
+    """The test PostgreSQL server's SQLAlchemy URL (``PARAMLOOP_TEST_POSTGRES_URL``)."""
+    return postgres_url()
+
+
 @pytest.fixture
 def redis_url() -> str:
     """The test Redis (127.0.0.1:6379, db 15), or skip (fail when ``CI=true``) without it."""

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -313,35 +313,6 @@ log_level = "warning"
 """
 
 
-@contextmanager
-def serve_process(config: Path, port: int) -> Iterator[str]:
-    """``paramloop serve`` in a process of its own (its latency is not this process's)."""
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("paramloop")),
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        up = wait_until(lambda: _answers(f"{base}/health/live"), timeout_s=60)
-        assert up, "paramloop serve did not start"
-        yield base
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def answer_time(url: str) -> float:
     """Seconds until ``url`` answered 200, timed by curl (this process's threads are busy)."""
     done = subprocess.run(
@@ -356,22 +327,15 @@ def answer_time(url: str) -> float:
     return float(seconds)
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def test_the_service_keeps_every_acknowledged_row_through_a_store_outage(
-    link: Any, postgres_schema: str, tmp_path: Path, free_port: int
+    link: Any, postgres_schema: str, tmp_path: Path, paramloop_process: Callable[..., Any]
 ) -> None:
     url = via(link) + f"?options=-csearch_path%3D{postgres_schema}"
     PostgresDecisionLog(postgres_url(), schema=postgres_schema).close()  # creates the schema
     config = tmp_path / "paramloop.toml"
     config.write_text(CONFIG.format(database_url=url, spool=tmp_path / "spool.db"))
+    base = paramloop_process(config).url
     with (
-        serve_process(config, free_port) as base,
         httpx.Client(base_url=base, timeout=5) as http,
         Load(base) as load,
     ):

@@ -50,6 +50,7 @@ from paramloop.errors import (
     UnknownTaskTypeError,
 )
 from paramloop.server.auth import AuthError, Principal, Routes, document_security
+from paramloop.server.broadcast import Broadcast
 from paramloop.server.limits import Admission, KeyLimits, RateLimits, ThrottledError
 from paramloop.server.metrics import Metrics
 from paramloop.server.models import (
@@ -101,12 +102,20 @@ class AppState:
     tracer: Any = None
     spool: SpooledStore | None = None
     rate_limits: RateLimits | None = None
+    #: Tells other replicas this one logged outcomes, and wakes this one's sync (REDIS_URL).
+    broadcast: Broadcast | None = None
+    sync_now: asyncio.Event = field(default_factory=asyncio.Event)
     started: float = field(default_factory=time.time)
     #: The engine's threads: every call that may touch the store runs here, never on
     #: the event loop, so a stuck store cannot stall the routes that do not need it.
     engine_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(64, thread_name_prefix="paramloop-engine")
     )
+
+    def news(self) -> None:
+        """This replica logged outcomes: other replicas sync now (with a broadcast)."""
+        if self.broadcast is not None:
+            self.broadcast.notify()
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call the engine on one of its threads."""
@@ -244,6 +253,13 @@ def create_app(
                 "upstreams": {m: u.base_url for m, u in settings.upstreams.items()},
             },
         )
+        if settings.redis_url is not None:
+            state.broadcast = Broadcast(
+                settings.redis_url,
+                wake=state.sync_now.set,
+                on_error=lambda exc: metrics.errors.labels("broadcast").inc(),
+            )
+            state.broadcast.start()
         background = [
             asyncio.create_task(_maintain_forever(state)),
             asyncio.create_task(_sync_forever(state)),
@@ -255,6 +271,8 @@ def create_app(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if state.broadcast is not None:
+                await state.broadcast.close()
             await state.http.aclose()
             if webhook is not None:
                 await run_in_threadpool(webhook.close)  # delivers the alerts still queued
@@ -347,6 +365,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
         recorded = await state.run(service.record_outcomes, pairs)
         for stored in recorded:
             observe_outcome(metrics, stored.task_type, stored.source, stored.reward)
+        state.news()
         rendered = [RecordedBody.of(stored) for stored in recorded]
         if isinstance(body, OutcomeBatch):
             return RecordedBatch(recorded=rendered)
@@ -361,6 +380,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
             service.feedback, body.request_id, quality=body.quality, feedback=body.feedback
         )
         observe_outcome(metrics, recorded.task_type, recorded.source, recorded.reward)
+        state.news()
         return RecordedBody.of(recorded)
 
 
@@ -396,14 +416,18 @@ async def _maintain_forever(state: AppState) -> None:
             log.error("expiring outcomes failed: %s", exc, extra={"error": type(exc).__name__})
             continue
         if count:
+            state.news()
             state.metrics.outcomes.labels("*", "expired").inc(count)
             log.info("recorded outcomes whose wait window closed", extra={"outcomes": count})
 
 
 async def _sync_forever(state: AppState) -> None:
-    """Every ``sync_interval_s``: learn the outcomes other replicas (or the replayed spool) logged."""
+    """Learn the outcomes other replicas (or the replayed spool) logged: every
+    ``sync_interval_s``, and at once when another replica broadcasts that it logged some."""
     while True:
-        await asyncio.sleep(state.settings.sync_interval_s)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state.sync_now.wait(), state.settings.sync_interval_s)
+        state.sync_now.clear()
         try:
             learned = await state.run(state.service.optimizer.sync)
         except StoreUnavailableError:

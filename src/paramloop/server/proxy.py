@@ -395,6 +395,7 @@ async def _finish(
         )
         return
     if recorded is not None:
+        state.news()
         metrics.outcomes.labels(recorded.task_type, recorded.source).inc()
         metrics.rewards.labels(recorded.task_type).observe(recorded.reward)
 
