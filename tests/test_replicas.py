@@ -192,3 +192,35 @@ def test_three_replicas_keep_every_row_share_one_budget_and_learn_everything(
         assert budget.spent.tokens <= LIMIT
     finally:
         store.close()
+
+
+def test_serve_with_workers_runs_replicas_on_one_port(
+    paramloop_process: Callable[..., Any], tmp_path: Path
+) -> None:
+    """``paramloop serve --workers 2``: two processes answer on one port, one store."""
+    config = tmp_path / "paramloop.toml"
+    config.write_text(
+        CONFIG.format(
+            wait=600, limit=LIMIT, database_url=f"sqlite:///{tmp_path / 'one.db'}",
+            spool=tmp_path / "spool.db", redis_url="redis://127.0.0.1:6379/15",
+        ).replace('redis_url = "redis://127.0.0.1:6379/15"\n', "")
+    )  # fmt: skip
+    server = paramloop_process(config, "--workers", "2")
+    pids, kept = set(), []
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        deadline = time.monotonic() + 30
+        while len(pids) < 2 and time.monotonic() < deadline:
+            # A new connection each time: the kernel spreads them over the workers.
+            pids.add(httpx.get(f"{server.url}/api/optimization/status").json()["replica"]["pid"])
+        for i in range(40):
+            answer = http.post(
+                "/v1/recommend", json={"task_type": "qa", "request_id": f"w-{i}", "context": {}}
+            )
+            assert answer.status_code == 200 and answer.json()["logged"]
+            kept.append(f"w-{i}")
+    assert len(pids) == 2 and server.process.pid not in pids
+    store = open_store(f"sqlite:///{tmp_path / 'one.db'}")
+    try:
+        assert [r for r in kept if store.get_decision(r) is None] == []
+    finally:
+        store.close()

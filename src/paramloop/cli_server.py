@@ -57,12 +57,21 @@ def serve_command(
     port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="TCP port (default: service.port or 8080).")
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes serving the one port, each a replica on the one store "
+            "(share rate limits and news of outcomes through REDIS_URL).",
+        ),
+    ] = 1,
 ) -> None:
     """Serve the decision API, the operations endpoints and the OpenAI-compatible proxy."""
+    import os
 
     import uvicorn
 
-    from paramloop.server.app import create_app
+    from paramloop.server.app import create_app, environment_tracer
     from paramloop.server.jsonlog import configure
     from paramloop.server.settings import Settings
 
@@ -72,11 +81,23 @@ def serve_command(
     if port is not None:
         overrides["port"] = port
     with _reported():
-        settings = Settings.load(config, **overrides)
+        settings = Settings.load(config, **overrides)  # checked here, once, with a clear error
         configure(settings.log_level)
-        app = create_app(settings, tracer=_tracer())
+        if workers == 1:
+            app: Any = create_app(settings, tracer=environment_tracer())
+        else:
+            # Each worker builds its app from the environment: the same file, the same overrides.
+            if config is not None:
+                os.environ["PARAMLOOP_CONFIG"] = str(config.resolve())
+            os.environ["PARAMLOOP_HOST"], os.environ["PARAMLOOP_PORT"] = (
+                settings.host,
+                str(settings.port),
+            )
+            app = "paramloop.server.app:app_from_environment"
     uvicorn.run(
         app,
+        factory=workers > 1,
+        workers=workers,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -84,16 +105,3 @@ def serve_command(
         ws="none",
         timeout_graceful_shutdown=30,
     )
-
-
-def _tracer() -> object | None:
-    """An OpenTelemetry tracer when OpenTelemetry is installed and configured (OTEL_* set)."""
-    import os
-
-    if not any(key.startswith("OTEL_") for key in os.environ):
-        return None
-    try:
-        from opentelemetry import trace
-    except ImportError:
-        return None
-    return trace.get_tracer("paramloop")

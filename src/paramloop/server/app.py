@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -322,6 +323,27 @@ async def _count_request(request: Request) -> None:
     principal: Principal | None = getattr(request.state, "principal", None)
     if limits is not None and principal is not None:
         await limits.request(principal.name)
+
+
+def app_from_environment() -> FastAPI:
+    """The app of one ``paramloop serve --workers N`` worker: settings from the environment
+    (``PARAMLOOP_CONFIG`` and the rest, as the parent checked them)."""
+    from paramloop.server.jsonlog import configure
+
+    settings = Settings.load()
+    configure(settings.log_level)
+    return create_app(settings, tracer=environment_tracer())
+
+
+def environment_tracer() -> object | None:
+    """An OpenTelemetry tracer when OpenTelemetry is installed and configured (OTEL_* set)."""
+    if not any(key.startswith("OTEL_") for key in os.environ):
+        return None
+    try:
+        from opentelemetry import trace
+    except ImportError:
+        return None
+    return trace.get_tracer("paramloop")
 
 
 def _decision_routes(write: Routes, state: AppState) -> None:

@@ -10,6 +10,8 @@ change.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -140,6 +142,8 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
         stats = optimizer.stats
         return {
             "service": "paramloop",
+            # which replica answered (a process of `paramloop serve --workers N`, or a host)
+            "replica": {"host": socket.gethostname(), "pid": os.getpid()},
             "uptime_s": round(time.time() - state.started, 3),
             "enabled": settings.enabled,
             # where a new rollout starts; a stored rollout keeps its own phase (tasks[].rollout)
