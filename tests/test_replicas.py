@@ -206,7 +206,8 @@ def test_serve_with_workers_runs_replicas_on_one_port(
         ).replace('redis_url = "redis://127.0.0.1:6379/15"\n', "")
     )  # fmt: skip
     server = paramloop_process(config, "--workers", "2")
-    pids, kept = set(), []
+    pids: set[int] = set()
+    kept: list[str] = []
     with httpx.Client(base_url=server.url, timeout=10) as http:
         deadline = time.monotonic() + 30
         while len(pids) < 2 and time.monotonic() < deadline:
