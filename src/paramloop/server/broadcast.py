@@ -42,7 +42,13 @@ class Broadcast:
     def __init__(
         self, url: str, wake: Callable[[], None], on_error: Callable[[Exception], None]
     ) -> None:
+        # Publishing must not hang the loop on a stuck Redis; listening waits as long as it takes
+        # (a read timeout would drop the subscription whenever nobody spoke for a while), with a
+        # PING every 10 s so a dead connection is noticed.
         self.client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self.listener = aioredis.Redis.from_url(
+            url, socket_connect_timeout=2.0, health_check_interval=10
+        )
         self.wake, self.on_error = wake, on_error
         self.origin = f"{os.getpid()}:{id(self):x}".encode()  # our own messages are not news
         self._pending = asyncio.Event()
@@ -64,6 +70,7 @@ class Broadcast:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.client.aclose()
+        await self.listener.aclose()
 
     async def _publish_forever(self) -> None:
         while True:
@@ -78,7 +85,7 @@ class Broadcast:
     async def _listen_forever(self) -> None:
         while True:
             try:
-                async with self.client.pubsub() as pubsub:
+                async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
                     async for message in pubsub.listen():
                         if message.get("type") == "message" and message["data"] != self.origin:
