@@ -1,7 +1,8 @@
 """The apps ``bench_service.py`` serves with uvicorn (``--factory``), one per subprocess.
 
 ``paramloop_app``: the paramloop service, SQLite store at ``$BENCH_DB`` (durable: every
-decision committed before the answer), API-key auth on, JSON request logs at INFO.
+decision committed before the answer) or the database at ``$BENCH_DATABASE_URL``, API-key
+auth on, JSON request logs at INFO.
 ``bare_app``: a FastAPI JSON endpoint with nothing behind it.  ``stub_upstream``: an
 OpenAI-compatible chat completion endpoint that answers at once with a fixed reply.
 """
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 KEY = "bench-key"
 
 TASK = {
+    "preset": "published",  # the published task features: risk_tier, prompt_tokens, prior_failures, …
     "baseline": {"model": "small", "temperature": 0.5, "max_tokens": 256},
     "space": {"temperature": [0.3, 0.5, 0.7, 0.9], "max_tokens": [128, 256]},
     "trust_region": {"temperature": 1.0, "max_tokens": 200},
@@ -31,7 +33,8 @@ def paramloop_app() -> FastAPI:
     config: dict[str, Any] = {
         "tasks": {"bench": TASK},
         "service": {
-            "database_url": f"sqlite:///{os.environ['BENCH_DB']}",
+            "database_url": os.environ.get("BENCH_DATABASE_URL")
+            or f"sqlite:///{os.environ['BENCH_DB']}",
             "api_keys": [
                 {
                     "name": "bench",

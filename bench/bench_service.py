@@ -56,13 +56,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(factory: str, env: dict[str, str]) -> Iterator[int]:
+def serve(factory: str, env: dict[str, str], workers: int = 1) -> Iterator[int]:
     """Run ``_service_apps:<factory>`` under uvicorn in a subprocess; yield its port."""
     port = _free_port()
     command = [
         sys.executable, "-m", "uvicorn", f"_service_apps:{factory}", "--factory",
         "--app-dir", str(HERE), "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--log-level", "warning", "--no-access-log",
+        "--workers", str(workers), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
     process = subprocess.Popen(
         command, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -201,6 +201,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument(
+        "--postgres",
+        default="postgresql+psycopg://root@127.0.0.1:5432/test",
+        help="the PostgreSQL server of the replica-scaling run ('' to skip it)",
+    )
+    parser.add_argument("--workers", default="1,2,4", help="worker counts of the scaling run")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     results: dict[str, Any] = {"rate": args.rate, "seconds": args.seconds, "calls": args.calls}
@@ -243,6 +249,10 @@ def main() -> None:
                 via = asyncio.run(
                     sequential(proxy, request("/v1/chat/completions", proxied_body), args.calls)
                 )
+    if args.postgres:
+        results["scaling"] = scaling(
+            args.postgres, [int(w) for w in args.workers.split(",")], recommend, args.seconds
+        )
     results["direct_p50_ms"], results["direct_p99_ms"] = _pct(direct, 50), _pct(direct, 99)
     results["proxy_p50_ms"], results["proxy_p99_ms"] = _pct(via, 50), _pct(via, 99)
     results["overhead_p50_ms"] = results["proxy_p50_ms"] - results["direct_p50_ms"]
@@ -251,6 +261,33 @@ def main() -> None:
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+
+
+def scaling(url: str, workers: list[int], raw: bytes, seconds: float) -> list[dict[str, Any]]:
+    """``POST /v1/recommend`` on PostgreSQL with 1, 2, 4 … uvicorn workers (replicas of one
+    store), closed loop with 32 connections; each run on a fresh schema."""
+    from paramloop.store.postgres import PostgresDecisionLog
+
+    rows = []
+    for n in workers:
+        schema = f"bench_scaling_{os.getpid()}_{n}"
+        PostgresDecisionLog(url, schema=schema).close()  # creates and migrates it
+        env = {"BENCH_DATABASE_URL": f"{url}?options=-csearch_path%3D{schema}"}
+        try:
+            with serve("paramloop_app", env, workers=n) as port:
+                rps = asyncio.run(closed_loop(port, raw, seconds, connections=32))
+        finally:
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url)
+            with engine.begin() as conn:
+                conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            engine.dispose()
+        rows.append({"workers": n, "rps": rps})
+        print(f"scaling: {n} worker(s) on PostgreSQL: {rps:.0f} recommend/s", flush=True)
+    for row in rows:
+        row["ratio"] = row["rps"] / rows[0]["rps"]
+    return rows
 
 
 def table(r: dict[str, Any]) -> str:
@@ -285,7 +322,15 @@ def table(r: dict[str, Any]) -> str:
             ["proxy overhead (difference of p50s)", f"{r['overhead_p50_ms']:.2f}", ""],
         ],
     )
-    return f"{throughput}\n\n{overhead}"
+    out = f"{throughput}\n\n{overhead}"
+    if r.get("scaling"):
+        out += "\n\n" + markdown_table(
+            ["`POST /v1/recommend` on PostgreSQL", "requests/s (closed loop, 32 connections)",
+             "× one worker"],
+            [[f"{s['workers']} worker(s)", f"{s['rps']:.0f}", f"{s['ratio']:.2f}"]
+             for s in r["scaling"]],
+        )  # fmt: skip
+    return out
 
 
 if __name__ == "__main__":
