@@ -87,6 +87,14 @@ BENCHES: dict[str, tuple[list[str], list[str], str, str]] = {
         "decisions of the current canary phase: with the SLO monitor's snapshot (read it and the log "
         "after it) and without (replay the phase). A policy snapshot exists before every timed start.",
     ),
+    "bench_soak": (
+        [],
+        ["--minutes", "1.5", "--warmup", "1"],
+        "(k) soak: half an hour at 200 decisions/s",
+        "`paramloop serve` (SQLite, durable, API-key auth, JSON logs) for 30 minutes at 200 decisions/s, "
+        "each followed by its outcome, from an open-loop generator: failures, recommend p50/p99 and the "
+        "server's RSS per minute; RSS from the end of a 5-minute warm-up to the end.",
+    ),
     "bench_streams": (
         [],
         ["--quick"],
