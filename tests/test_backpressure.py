@@ -203,7 +203,18 @@ def test_each_key_has_its_requests_and_tokens_per_minute(serve_app: Serve, tmp_p
                 json={"task_type": "qa", "context": {}},
                 headers={"Authorization": "Bearer bob"},
             )
+            # Past her limit, alice still reports her calls' outcomes: a refused report would
+            # turn a measured call into a default reward.
+            reports = [
+                client.post(
+                    "/v1/outcomes",
+                    json={"request_id": r.json()["request_id"], "outcome": {"quality": 0.9}},
+                    headers=headers,
+                )
+                for r in recommend[:3]
+            ]
     assert [r.status_code for r in recommend] == [200, 200, 200, 429]
+    assert [r.status_code for r in reports] == [200, 200, 200]
     refused = recommend[-1]
     assert 1 <= int(refused.headers["retry-after"]) <= 60
     assert "alice" in refused.json()["error"]["message"]
@@ -211,7 +222,10 @@ def test_each_key_has_its_requests_and_tokens_per_minute(serve_app: Serve, tmp_p
     # 3 prompt tokens + 80 fit in bob's 100 once; the second call would pass it.
     assert [r.status_code for r in bob] == [200, 429]
     assert bob[1].json()["error"]["type"] == "tokens"
+    # The window slides: 83 tokens free up at 100 a minute, in 50 s, not when the first does.
+    assert 50 <= int(bob[1].headers["retry-after"]) <= 60
     assert too_big.status_code == 429 and "may use 503 tokens" in too_big.json()["error"]["message"]
+    assert "retry-after" not in too_big.headers  # it could never pass
     assert other.status_code == 200  # bob's requests are not alice's
     # alice's three decisions and bob's one; bob's calls pinned max_tokens, which the proxy
     # respects without a decision.

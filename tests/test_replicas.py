@@ -31,7 +31,7 @@ from paramloop.store.postgres import PostgresDecisionLog
 
 pytestmark = pytest.mark.postgres
 
-LIMIT = 30_000.0
+LIMIT = 12_000.0  # binds after about 200 calls of 60 tokens
 WAIT_S = 6.0
 CONFIG = """
 [tasks.qa]

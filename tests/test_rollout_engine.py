@@ -467,3 +467,36 @@ def test_replicas_judge_the_same_outcomes(tmp_path: Path) -> None:
         assert ours["treatment"]["estimate"] == pytest.approx(theirs["treatment"]["estimate"])
     first.close()
     second.close()
+
+
+def test_an_analysis_is_recorded_once_however_many_replicas_judge_it(tmp_path: Path) -> None:
+    """Two replicas count the same outcomes; each due analysis is recorded by one of them.
+
+    Every analysis here is inconclusive (the sample needed is out of reach), so the stored
+    count of inconclusive analyses in a row is the number recorded: 400 outcomes at one
+    analysis per 50 is 8, not up to 16 (a replica that adopted the other's analysis
+    recorded it again, and a freeze came twice as early).
+    """
+    path, clock = tmp_path / "shared.db", Clock()
+    store = SQLiteDecisionLog(path)
+    walker, walker_rollout = build(store, clock)
+    walk_to(walker, walker_rollout, store, clock, Phase.CANARY)
+    clock.now += 11.0  # past the canary's minimum: inconclusive analyses count
+    unreachable = SLOConfig(latency_p99_increase=None, min_samples=10**9)
+    replicas = [build(SQLiteDecisionLog(path), clock, slo=unreachable) for _ in range(2)]
+    before = replicas[0][1].state(TASK).consecutive_inconclusives
+    world, rng = World(), np.random.default_rng(4)
+    for i in range(400):
+        clock.now += 0.05
+        decision = replicas[i % 2][0].recommend(TASK, world.sample_context(TASK, rng))
+        replicas[(i + 1) % 2][0].record_outcome(decision.request_id, Outcome(quality=0.8))
+        if i % 7 == 0:
+            for optimizer, _ in replicas:
+                optimizer.sync()
+    for optimizer, _ in replicas:
+        optimizer.sync()
+    stored = replicas[0][1].state(TASK)
+    assert stored.consecutive_inconclusives - before == 400 // 50
+    assert replicas[1][1].state(TASK) == stored
+    for optimizer, _ in (*replicas, (walker, walker_rollout)):
+        optimizer.close()

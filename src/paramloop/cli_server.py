@@ -71,6 +71,7 @@ def serve_command(
 
     import uvicorn
 
+    from paramloop.errors import ConfigError
     from paramloop.server.app import create_app, environment_tracer
     from paramloop.server.jsonlog import configure
     from paramloop.server.settings import Settings
@@ -83,6 +84,12 @@ def serve_command(
     with _reported():
         settings = Settings.load(config, **overrides)  # checked here, once, with a clear error
         configure(settings.log_level)
+        if workers > 1 and settings.database_url.startswith("memory"):
+            raise ConfigError(
+                "--workers",
+                "each worker would have a store of its own in memory; give a database "
+                "(DATABASE_URL) to share, or serve with one worker",
+            )
         if workers == 1:
             app: Any = create_app(settings, tracer=environment_tracer())
         else:

@@ -71,7 +71,10 @@ log = logging.getLogger("paramloop.engine")
 
 _MAX_REQUEST_ID = 200
 _SEED_LIMIT = 2**63
-_CACHE_SIZE = 100_000
+#: Decisions kept in memory until their outcome is learned (then dropped), so recording it
+#: needs no read of the store; past this many waiting, the oldest are read back instead.
+#: (Kept for ever, 100,000 decisions cost ~200 MB and slowed every garbage collection.)
+_CACHE_SIZE = 20_000
 _REPLAY_CHUNK = 5_000
 
 
@@ -409,7 +412,6 @@ class Optimizer:
         """
         now = self.clock() if now is None else now
         count = 0
-        self._expire_reservations()
         for state in self._tasks.values():
             config = state.config
             measured = self.store.pending_measurements(
@@ -436,6 +438,9 @@ class Optimizer:
                     continue  # the real outcome arrived meanwhile (another thread or replica): it wins
                 count += new
                 self.stats.default_rewards += new
+        # Last: the measurements and defaults above settled what they could at their measured
+        # spend; what is still reserved past its window is charged in full.
+        self._expire_reservations()
         return count
 
     def _expire_measured(self, state: _TaskState, rows: list[MeasuredRow], now: float) -> int:
@@ -602,6 +607,8 @@ class Optimizer:
                 if state.updates_since_snapshot >= state.config.snapshot_every:
                     self._snapshot(state)
         self.stats.outcomes += 1
+        with self._recent_lock:  # learned: the decision need not stay in memory
+            self._recent.pop(decision.request_id, None)
         if self.budgets is not None and state.config.budget is not None:
             outcome = stored.outcome
             # A default reward means nothing was measured: charge what was reserved.

@@ -8,10 +8,12 @@ sinks.  Per task type it keeps:
   (kind ``rollout``) by compare and swap, with the assignment salt and the
   drift freeze — so every replica and every restart routes alike;
 * an :class:`~paramloop.core.monitor.SLOMonitor` for the current phase, fed
-  with every outcome of the phase's decisions by group, in the log's outcome
-  order: this process's outcomes as they are recorded, every other replica's
-  through :meth:`RolloutController.sync` (a watermark on the outcome ``seq``,
-  as the optimizer learns), so every replica judges the same outcomes;
+  with every outcome of the phase's decisions by group: this process's
+  outcomes as they are recorded, every other replica's through
+  :meth:`RolloutController.sync` (a watermark on the outcome ``seq``, as the
+  optimizer learns), so every replica judges the same outcomes (each in its
+  own order; an analysis one replica recorded is not recorded again by the
+  others: the stored state says how many outcomes it covered);
 * a snapshot of all that (engine state kind ``rollout_monitor``: the monitor's
   sketches and sequences, the watermark, the phase's counters and the drift
   windows, all of bounded size), saved at most every ``snapshot_interval_s``
@@ -162,6 +164,9 @@ class _Live:
     # The newest decision timestamp counted (confidence, agreement, drift).
     decisions_until: float = -math.inf
     saved_at: float = -math.inf  # monotonic time of the last monitor snapshot
+    # The phase outcomes the stored state's last analysis covered (by any replica): an
+    # analysis falling due at or below it was recorded already and is not recorded again.
+    analysed: int = 0
 
 
 class RolloutController:
@@ -208,12 +213,7 @@ class RolloutController:
         """Count a logged decision: confidence, shadow agreement, drift, low-confidence alert."""
         live = self._get(decision.task_type)
         with live.lock:
-            if _in_phase(live.state, decision):
-                live.confidence_sum += decision.confidence
-                live.confidence_n += 1
-                if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
-                    live.shadowed += 1
-                    live.agree += decision.intended_arm == decision.arm
+            _tally(live, decision)
             alert = live.low_confidence.update(min(1.0, max(0.0, decision.confidence)))
             drifted = self._observe_context(live, decision)
             live.decisions_until = max(live.decisions_until, decision.timestamp)
@@ -233,7 +233,7 @@ class RolloutController:
             if not recorded.seq or recorded.seq <= live.last_seq or recorded.seq in live.own_seqs:
                 return  # not in the log yet, or sync() counted it already
             live.own_seqs.add(recorded.seq)
-            due = self._count(live, decision, recorded)
+            due = self._count(live, decision, recorded) and _unrecorded(live)
         if due:
             self.analyze(decision.task_type)
 
@@ -246,9 +246,10 @@ class RolloutController:
         """
         counted = 0
         for task_type in list(self._live):
-            due, new = self._catch_up(self._get(task_type))
+            live = self._get(task_type)
+            due, new = self._catch_up(live)
             counted += new
-            if due:
+            if due and _unrecorded(live):
                 self.analyze(task_type)
         return counted
 
@@ -273,10 +274,12 @@ class RolloutController:
                 self._save_monitor(live)
             if analysed == replace(before, version=analysed.version):
                 return verdict  # nothing to record (no treatment traffic)
+            live.analysed = live.outcomes
             try:
                 self._save(live, analysed)
             except StaleStateError:
-                # Another replica judged the same log first and recorded it; its state is adopted.
+                # Another replica judged the same log first and recorded it; its state (and
+                # how many outcomes its analysis covered) is adopted.
                 return verdict
             evidence = {"slo": [s.to_dict() for s in statuses], "verdict": str(verdict)}
             if analysed.frozen and not before.frozen and event is None:
@@ -429,6 +432,7 @@ class RolloutController:
             live.reference, live.drift, live.drift_seen = [], None, 0
             live.recent.clear()
             self._save(live, new)
+            self._catch_up(live)
             self._save_monitor(live)
             self._audit(task_type, "unfreeze", actor, reason, was)
         return new
@@ -496,8 +500,14 @@ class RolloutController:
         with live.lock:
             before = live.state
             after = next_phase(before, event, live.settings.plan, self.clock(), reason=reason)
-            self._save(live, after)
+            analysed, live.analysed = live.analysed, 0
+            try:
+                self._save(live, after)
+            except StaleStateError:
+                live.analysed = analysed
+                raise
             self._enter_phase(live)
+            self._catch_up(live)  # the new phase's outcomes so far: a consistent cut to save
             self._save_monitor(live)
             self._audit(
                 task_type,
@@ -584,6 +594,7 @@ class RolloutController:
                 "salt": live.salt,
                 "drift_frozen": live.drift_frozen,
                 "drift_since": live.drift_since,
+                "analysed": live.analysed,
             },
             updated_at=self.clock(),
         )
@@ -607,8 +618,9 @@ class RolloutController:
                 with live.lock:  # another replica recorded an analysis: same phase, same evidence
                     live.state, live.store_version = state, stored.version
                     live.drift_frozen = stored.data.get("drift_frozen")
+                    live.analysed = int(stored.data.get("analysed", 0))
                 return
-        self._live[task_type] = self._load(task_type, live.settings)
+        self._live[task_type] = self._load(task_type, live.settings, previous=live)
 
     def refresh(self) -> None:
         """Re-read every rollout from the store (other replicas' changes)."""
@@ -617,7 +629,9 @@ class RolloutController:
             if stored is not None and stored.version != live.store_version:
                 self._reload(live, stored)
 
-    def _load(self, task_type: str, settings: RolloutSettings) -> _Live:
+    def _load(
+        self, task_type: str, settings: RolloutSettings, previous: _Live | None = None
+    ) -> _Live:
         now = self.clock()
         stored = self.store.get_state(STATE_KIND, task_type)
         if stored is None:
@@ -668,24 +682,43 @@ class RolloutController:
             low_confidence=LowConfidenceRule(
                 task_type, settings.low_confidence_threshold, settings.low_confidence_limit
             ),
+            analysed=int(data.get("analysed", 0)),
         )
-        if not self._restore_monitor(live):
+        if self._restore_monitor(live):
+            return live
+        if previous is not None and previous.drift_since == live.drift_since:
+            # Another replica changed the phase: the drift windows go on; only the new
+            # phase (just begun) is read back.
+            live.reference, live.drift, live.drift_seen = (
+                previous.reference,
+                previous.drift,
+                previous.drift_seen,
+            )
+            live.recent = previous.recent
+            self._replay(live, drift=False)
+        else:
             self._replay(live)
         return live
 
-    def _replay(self, live: _Live) -> None:
-        """Rebuild the phase's monitor, confidence, agreement and drift window from the log.
+    def _replay(self, live: _Live, *, drift: bool = True) -> None:
+        """Rebuild the phase's monitor, confidence, agreement and (``drift``) drift windows
+        from the log.
 
         O(phase): the fallback when no snapshot of this phase exists (the first
-        start after an upgrade, or a snapshot that could not be read).
+        start after an upgrade, a phase another replica has just entered, or a
+        snapshot that could not be read).
         """
         state = live.state
         # Outcomes up to this watermark are counted here, later ones by sync().
         live.last_seq = self.store.last_outcome_seq(state.task_type)
-        since = min(state.entered_at, live.drift_since)
+        since = min(state.entered_at, live.drift_since) if drift else state.entered_at
         rows = [row for chunk in self.store.iter_logged(state.task_type, since) for row in chunk]
         for decision, _ in rows:
-            self._count_decision(live, decision)
+            if drift:
+                self._count_decision(live, decision)
+            else:
+                _tally(live, decision)
+                live.decisions_until = max(live.decisions_until, decision.timestamp)
         measured = sorted(
             (
                 (d, o)
@@ -700,12 +733,7 @@ class RolloutController:
 
     def _count_decision(self, live: _Live, decision: Decision) -> None:
         """Count a decision read back from the log: confidence, agreement, drift (no alerts)."""
-        if _in_phase(live.state, decision):
-            live.confidence_sum += decision.confidence
-            live.confidence_n += 1
-            if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
-                live.shadowed += 1
-                live.agree += decision.intended_arm == decision.arm
+        _tally(live, decision)
         self._observe_context(live, decision)
         live.decisions_until = max(live.decisions_until, decision.timestamp)
 
@@ -763,6 +791,8 @@ class RolloutController:
             live.saved_at = time.monotonic()
         try:
             current = self.store.get_state(MONITOR_KIND, state.task_type)
+            if current is not None and float(current.data.get("entered_at", 0)) > state.entered_at:
+                return  # a later phase's snapshot (this replica has not seen the change yet)
             self.store.put_state(
                 StateRecord(MONITOR_KIND, state.task_type, data, self.clock()),
                 0 if current is None else current.version,
@@ -800,7 +830,7 @@ class RolloutController:
                     live.drift.update(context)
                     live.recent.append(context)
             live.drift_seen = int(drift["seen"])
-        except (KeyError, TypeError, ValueError, InputError) as exc:
+        except Exception as exc:  # a snapshot is only a cache: whatever is wrong, replay
             log.warning(
                 "rollout of %r: monitor snapshot unreadable (%r); replaying the phase",
                 state.task_type,
@@ -837,6 +867,27 @@ class RolloutController:
                 timestamp=self.clock(),
             )
         )
+
+
+def _unrecorded(live: _Live) -> bool:
+    """Whether the analysis now due is not recorded yet (by this replica or another).
+
+    Analyses fall due every ``analysis_every`` outcomes of the phase; replicas count the
+    same outcomes in their own order, so each compares the boundary it has reached with
+    the one the stored state's last analysis reached.
+    """
+    every = live.settings.analysis_every
+    return live.outcomes // every > live.analysed // every
+
+
+def _tally(live: _Live, decision: Decision) -> None:
+    """Add a decision of the phase to its mean confidence and, in shadow, to the agreement."""
+    if _in_phase(live.state, decision):
+        live.confidence_sum += decision.confidence
+        live.confidence_n += 1
+        if decision.phase == Phase.SHADOW and decision.intended_arm is not None:
+            live.shadowed += 1
+            live.agree += decision.intended_arm == decision.arm
 
 
 def _epoch(state: RolloutState, drift_since: float) -> tuple[str, float, float]:

@@ -52,7 +52,7 @@ from paramloop.errors import (
 )
 from paramloop.server.auth import AuthError, Principal, Routes, document_security
 from paramloop.server.broadcast import Broadcast
-from paramloop.server.limits import Admission, KeyLimits, RateLimits, ThrottledError
+from paramloop.server.limits import REPORTS, Admission, KeyLimits, RateLimits, ThrottledError
 from paramloop.server.metrics import Metrics
 from paramloop.server.models import (
     DecisionBody,
@@ -105,7 +105,8 @@ class AppState:
     rate_limits: RateLimits | None = None
     #: Tells other replicas this one logged outcomes, and wakes this one's sync (REDIS_URL).
     broadcast: Broadcast | None = None
-    sync_now: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Set to sync at once (created in the lifespan, on the loop that serves).
+    sync_now: asyncio.Event | None = None
     started: float = field(default_factory=time.time)
     #: The engine's threads: every call that may touch the store runs here, never on
     #: the event loop, so a stuck store cannot stall the routes that do not need it.
@@ -254,10 +255,11 @@ def create_app(
                 "upstreams": {m: u.base_url for m, u in settings.upstreams.items()},
             },
         )
+        state.sync_now = sync_now = asyncio.Event()
         if settings.redis_url is not None:
             state.broadcast = Broadcast(
                 settings.redis_url,
-                wake=state.sync_now.set,
+                wake=sync_now.set,
                 on_error=lambda exc: metrics.errors.labels("broadcast").inc(),
             )
             state.broadcast.start()
@@ -318,10 +320,11 @@ def create_app(
 
 
 async def _count_request(request: Request) -> None:
-    """Count a write request against its key's requests per minute (429 past it)."""
+    """Count a write request against its key's requests per minute (429 past it); reports of
+    calls that already happened are not counted (refused, they would become default rewards)."""
     limits: RateLimits | None = request.app.state.ctx.rate_limits
     principal: Principal | None = getattr(request.state, "principal", None)
-    if limits is not None and principal is not None:
+    if limits is not None and principal is not None and request.url.path not in REPORTS:
         await limits.request(principal.name)
 
 
@@ -446,10 +449,12 @@ async def _maintain_forever(state: AppState) -> None:
 async def _sync_forever(state: AppState) -> None:
     """Learn the outcomes other replicas (or the replayed spool) logged: every
     ``sync_interval_s``, and at once when another replica broadcasts that it logged some."""
+    assert state.sync_now is not None
+    wake = state.sync_now
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(state.sync_now.wait(), state.settings.sync_interval_s)
-        state.sync_now.clear()
+            await asyncio.wait_for(wake.wait(), state.settings.sync_interval_s)
+        wake.clear()
         try:
             learned = await state.run(state.service.optimizer.sync)
         except StoreUnavailableError:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
+import uuid
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -30,6 +30,8 @@ CHANNEL = "paramloop:outcomes"
 COALESCE_S = 0.05
 #: Wait before resubscribing after Redis failed.
 RETRY_S = 1.0
+#: A listening connection idle this long is PINGed before it is read again.
+HEALTH_CHECK_S = 10
 
 
 class Broadcast:
@@ -42,15 +44,16 @@ class Broadcast:
     def __init__(
         self, url: str, wake: Callable[[], None], on_error: Callable[[Exception], None]
     ) -> None:
-        # Publishing must not hang the loop on a stuck Redis; listening waits as long as it takes
-        # (a read timeout would drop the subscription whenever nobody spoke for a while), with a
-        # PING every 10 s so a dead connection is noticed.
+        # Publishing must not hang the loop on a stuck Redis.  Listening polls for a message
+        # every second with no socket timeout of its own (one would drop the subscription
+        # whenever nobody spoke for a while); the client PINGs a connection idle for
+        # HEALTH_CHECK_S before using it, so a dead one is noticed and resubscribed.
         self.client = aioredis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
         self.listener = aioredis.Redis.from_url(
-            url, socket_connect_timeout=2.0, health_check_interval=10
+            url, socket_connect_timeout=2.0, health_check_interval=HEALTH_CHECK_S
         )
         self.wake, self.on_error = wake, on_error
-        self.origin = f"{os.getpid()}:{id(self):x}".encode()  # our own messages are not news
+        self.origin = uuid.uuid4().hex.encode()  # our own messages are not news
         self._pending = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -87,8 +90,11 @@ class Broadcast:
             try:
                 async with self.listener.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "message" and message["data"] != self.origin:
+                    while True:
+                        message = await pubsub.get_message(
+                            ignore_subscribe_messages=True, timeout=1.0
+                        )
+                        if message is not None and message["data"] != self.origin:
                             self.wake()
             except (RedisError, OSError) as exc:
                 self.on_error(exc)

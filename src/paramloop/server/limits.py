@@ -5,7 +5,9 @@ teaches nothing and costs no arm anything:
 
 * **Admission** (:class:`Admission`, ASGI middleware): at most
   ``max_concurrency`` POST requests are in progress at once (decisions,
-  outcomes, proxied calls, admin actions); the next ones wait up to
+  proxied calls, admin actions; outcome and feedback reports are never
+  refused: refused, a measured call would become a default reward); the
+  next ones wait up to
   ``queue_timeout_s`` for a slot, then get ``503`` with ``Retry-After``.  A
   proxied stream holds its slot until its last byte.  The upstream connection
   pool is at least as large (``upstream_max_connections`` ≥
@@ -13,14 +15,19 @@ teaches nothing and costs no arm anything:
   connection: paramloop's own queueing is never an upstream error charged to
   an arm.
 * **Rate limits** (:class:`RateLimits`): requests per minute per API key on
-  every write route, and tokens per minute per key on proxied calls (the
+  every write route but the outcome reports, and tokens per minute per key on
+  proxied calls (the
   prompt's estimate plus the ``max_tokens`` asked for, charged when the call
-  is admitted).  Over a limit the answer is ``429`` with ``Retry-After``.  The
+  is admitted).  Over a limit the answer is ``429`` with ``Retry-After``: the
+  seconds until the refused amount has freed up at the limit's own rate (the
+  window is a sliding one, so it frees gradually).  A call larger than the
+  whole limit could never pass: ``429`` without ``Retry-After``.  The
   counters are the ``limits`` library's sliding-window counters, in this
   process's memory or, with ``REDIS_URL``, in Redis, so replicas share one
   limit per key.  If Redis fails the request is let through (and counted in
-  ``paramloop_errors_total{kind="rate_limit_store"}``): a limiter outage must
-  not become a service outage.
+  ``paramloop_errors_total{kind="rate_limit_store"}``), and so is one that
+  does not answer within :data:`STORE_TIMEOUT_S`: a limiter outage must not
+  become a service outage.
 """
 
 from __future__ import annotations
@@ -42,13 +49,18 @@ log = logging.getLogger("paramloop.server")
 
 #: Key prefix of paramloop's counters in a shared Redis.
 KEY_PREFIX = "paramloop"
+#: How long a request waits for the counters' store before it is let through.
+STORE_TIMEOUT_S = 0.25
+#: Write routes that are never refused: reports of calls that already happened.
+REPORTS = frozenset({"/v1/outcomes", "/v1/feedback"})
 
 
 class ThrottledError(Exception):
     """A request refused by backpressure: ``status`` 429 or 503, retry after ``retry_after_s``."""
 
-    def __init__(self, status: int, message: str, kind: str, retry_after_s: int) -> None:
-        self.status, self.kind, self.retry_after_s = status, kind, max(1, retry_after_s)
+    def __init__(self, status: int, message: str, kind: str, retry_after_s: int | None) -> None:
+        self.status, self.kind = status, kind
+        self.retry_after_s = None if retry_after_s is None else max(1, retry_after_s)
         super().__init__(message)
 
     def body(self) -> bytes:
@@ -57,7 +69,7 @@ class ThrottledError(Exception):
         )
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after_s)}
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +102,11 @@ class RateLimits:
             storage = storage_from_string("async+memory://")
         else:
             storage = storage_from_string(
-                f"async+{storage_url}", implementation="redispy", key_prefix=KEY_PREFIX
+                f"async+{storage_url}",
+                implementation="redispy",
+                key_prefix=KEY_PREFIX,
+                socket_timeout=STORE_TIMEOUT_S,
+                socket_connect_timeout=STORE_TIMEOUT_S,
             )
         self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.on_store_error = on_store_error
@@ -122,24 +138,31 @@ class RateLimits:
         if tokens > limit:
             raise ThrottledError(
                 429,
-                f"this call may use {tokens} tokens; the key {caller!r} may use {limit} per minute",
+                f"this call may use {tokens} tokens; the key {caller!r} may use {limit} per "
+                "minute, so it can never pass: ask for fewer max_tokens or a shorter prompt",
                 "tokens",
-                60,
+                None,
             )
         await self._hit("tokens", caller, limit, max(1, tokens))
 
     async def _hit(self, kind: str, caller: str, limit: int, cost: int) -> None:
         item = self._item(kind, limit)
         try:
-            admitted = await self.limiter.hit(item, kind, caller, cost=cost)
+            admitted = await asyncio.wait_for(
+                self.limiter.hit(item, kind, caller, cost=cost), STORE_TIMEOUT_S
+            )
             if admitted:
                 return
-            stats = await self.limiter.get_window_stats(item, kind, caller)
-        except Exception as exc:  # the counters' store is down: let the request through
+            stats = await asyncio.wait_for(
+                self.limiter.get_window_stats(item, kind, caller), STORE_TIMEOUT_S
+            )
+        except Exception as exc:  # the counters' store is down or slow: let the request through
             self.on_store_error(exc)
             log.warning("rate limit store failed; request let through", exc_info=exc)
             return
-        retry = math.ceil(stats.reset_time - time.time())
+        # The window slides: what was counted frees at the limit's rate (limit per 60 s). The
+        # limiter's reset time is when the first unit frees; the refused amount takes longer.
+        retry = math.ceil(max(stats.reset_time - time.time(), 60.0 * cost / limit))
         unit = "requests" if kind == "requests" else "tokens"
         raise ThrottledError(
             429,
@@ -171,18 +194,23 @@ class Admission:
         self.limit = limit
         self.queue_timeout_s = queue_timeout_s
         self.on_refused = on_refused
-        self._slots = asyncio.Semaphore(limit)
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    @property
-    def in_progress(self) -> int:
-        return self.limit - self._slots._value  # asyncio.Semaphore keeps its count here
+    def _semaphore(self) -> asyncio.Semaphore:
+        """The slots of the running loop (an app served again on a new loop gets new ones)."""
+        loop = asyncio.get_running_loop()
+        if self._slots is None or self._loop is not loop:
+            self._slots, self._loop = asyncio.Semaphore(self.limit), loop
+        return self._slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] in REPORTS:
             await self.app(scope, receive, send)
             return
+        slots = self._semaphore()
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout_s)
+            await asyncio.wait_for(slots.acquire(), self.queue_timeout_s)
         except TimeoutError:
             self.on_refused()
             refused = ThrottledError(
@@ -196,7 +224,7 @@ class Admission:
         try:
             await self.app(scope, receive, send)
         finally:
-            self._slots.release()
+            slots.release()
 
 
 async def send_throttled(send: Send, refused: ThrottledError) -> None:
