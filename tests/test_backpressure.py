@@ -286,3 +286,24 @@ def test_bad_backpressure_settings_are_refused_by_name(
         service_settings(
             tmp_path / "x.db", "http://127.0.0.1:9/v1", **{"auth": "disabled", **service}
         )
+
+
+def test_a_pinned_max_tokens_that_paramloop_overrides_is_not_what_is_charged(
+    serve_app: Serve, tmp_path: Path
+) -> None:
+    """With ``pinned = "override"`` the arm's max_tokens (up to 32 here) is sent, whatever the
+    caller asked: a caller asking for 1 token is charged 3 + 32, so a 60-token minute holds one."""
+    db = tmp_path / "svc.db"
+    with ExitStack() as stack:
+        upstream = stack.enter_context(serve_app(slow_upstream(0.0)))
+        app = create_app(
+            service_settings(
+                db,
+                f"{upstream}/v1",
+                api_keys=[key_entry("carol", tpm=60)],
+                tasks={"qa": {"pinned": "override"}},
+            )
+        )
+        url = stack.enter_context(serve_app(app, lifespan="on"))
+        answers = [burst(url, "carol", 1, max_tokens=1)[0] for _ in range(2)]
+    assert [r.status_code for r in answers] == [200, 429]

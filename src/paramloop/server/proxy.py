@@ -180,12 +180,17 @@ def _task_and_context(
 
 def _token_estimate(state: AppState, task_type: str, body: Mapping[str, Any]) -> int:
     """What a call may use, for the tokens-per-minute limit: the prompt (characters / 4) and
-    the completion tokens asked for, else the most any of the task type's arms may ask."""
-    asked = body.get("max_completion_tokens") or body.get("max_tokens")
-    if not isinstance(asked, int) or isinstance(asked, bool) or asked < 0:
-        arms = state.service.optimizer.config(task_type).space.arms  # UnknownTaskTypeError: 404
-        asked = max((arm.max_tokens or 0 for arm in arms), default=0)
-    return prompt_characters(body.get("messages")) // 4 + asked
+    the completion tokens the caller pinned (when pinned values are respected), else the most
+    any of the task type's arms may ask."""
+    arms = state.service.optimizer.config(task_type).space.arms  # UnknownTaskTypeError: 404
+    most = max((arm.max_tokens or 0 for arm in arms), default=0)
+    raw = body.get("max_completion_tokens") or body.get("max_tokens")
+    asked = raw if isinstance(raw, int) and not isinstance(raw, bool) and raw >= 0 else None
+    if asked is not None and state.service.options[task_type].pinned == "respect":
+        completion = asked
+    else:  # paramloop chooses max_tokens (it overrides a pinned value): its largest may be sent
+        completion = max(most, asked or 0)
+    return prompt_characters(body.get("messages")) // 4 + completion
 
 
 def _wants_usage(body: Mapping[str, Any]) -> bool:
