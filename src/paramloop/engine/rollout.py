@@ -16,9 +16,10 @@ sinks.  Per task type it keeps:
   others: the stored state says how many outcomes it covered);
 * a snapshot of all that (engine state kind ``rollout_monitor``: the monitor's
   sketches and sequences, the watermark, the phase's counters and the drift
-  windows, all of bounded size), saved at most every ``snapshot_interval_s``
-  and at each phase change, so a start reads the snapshot and the log after
-  it: O(1) in the length of the history, not a replay of the phase;
+  windows, all of bounded size), saved by :meth:`RolloutController.sync` (the
+  service's background loop) at most every ``snapshot_interval_s``, at each
+  phase change and at shutdown, so a start reads the snapshot and the log
+  after it: O(1) in the length of the history, not a replay of the phase;
 * the phase's mean recommendation confidence and, in shadow, the agreement
   between the policy's intended arm and the baseline it served;
 * a :class:`~paramloop.core.drift.DriftDetector` against a reference window of
@@ -251,6 +252,9 @@ class RolloutController:
             counted += new
             if due and _unrecorded(live):
                 self.analyze(task_type)
+            # Here, on the sync thread, not on a request's: the snapshot costs milliseconds.
+            if time.monotonic() - live.saved_at >= live.settings.snapshot_interval_s:
+                self._save_monitor(live)
         return counted
 
     def save_snapshots(self) -> None:
@@ -269,9 +273,6 @@ class RolloutController:
             verdict = overall(statuses)
             before = live.state
             analysed, event = record_analysis(before, live.settings.plan, verdict, self.clock())
-            if time.monotonic() - live.saved_at >= live.settings.snapshot_interval_s:
-                self._catch_up(live)
-                self._save_monitor(live)
             if analysed == replace(before, version=analysed.version):
                 return verdict  # nothing to record (no treatment traffic)
             live.analysed = live.outcomes
