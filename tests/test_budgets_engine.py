@@ -568,3 +568,19 @@ def test_spend_passes_the_limit_only_through_a_successful_reservation_that_fits(
         assert tokens <= before[0] * (1 + 1e-12) + 1e-9
         assert cost <= before[1] * (1 + 1e-12) + 1e-12
         assert min(tokens, cost) >= 0
+
+
+def test_an_expired_reservation_whose_outcome_was_stored_is_charged_what_it_spent(
+    store: Store,
+) -> None:
+    """The outcome reached the store but its replica died before settling: charge the outcome."""
+    now = [1_700_000_000.0]
+    budgets = manager(store, clock=lambda: now[0])
+    budgets.reserve("summarize", 1, Spend(300, 0.3), request_id="told", expires=now[0] + 60)
+    budgets.reserve("summarize", 2, Spend(200, 0.2), request_id="silent", expires=now[0] + 60)
+    now[0] += 60.0
+    measured = {"told": Spend(80, 0.05)}
+    assert len(budgets.expire("summarize", measured=measured.get)) == 2
+    status = budgets.status("summarize")
+    assert status["open_reservations"] == 0
+    assert status["spent"] == {"tokens": 280.0, "cost": pytest.approx(0.25)}  # 80 + 200 in full

@@ -6,9 +6,10 @@ Issue 10, item 9: outcomes go to a random replica, one replica is killed with
 * every decision and outcome a caller was told was kept is in the store;
 * the budget never passed its limit, and it settled to what the store holds:
   each reservation is charged the outcome's tokens wherever the outcome
-  arrived, and the dead replica's open reservations are charged in full when
-  their wait window closes (before: reservations lived in the deciding
-  process, 27 of 61 stayed open with two replicas);
+  arrived, and the dead replica's open reservations (calls it had reserved,
+  whether or not it lived to log them) are charged in full when their wait
+  window closes (before: reservations lived in the deciding process, 27 of 61
+  stayed open with two replicas);
 * every surviving replica's policy has learned every outcome in the log within
   5 seconds, although each polls the log only every 30 s: Redis tells them.
 """
@@ -180,15 +181,22 @@ def test_three_replicas_keep_every_row_share_one_budget_and_learn_everything(
         budget = state_from_dict(record.data)
         assert budget.reservations == frozenset()
         observed = reserved_in_full = 0.0
+        reserved_calls = 0
         for chunk in store.iter_logged("qa"):
             for decision, recorded in chunk:
                 if decision.origin == "budget:baseline" or not decision.logged:
                     continue  # the baseline is served unreserved
+                reserved_calls += 1
                 if recorded is not None and recorded.source == "observed":
                     observed += OUTCOME["prompt_tokens"] + OUTCOME["completion_tokens"]
                 else:
                     reserved_in_full += 100 + int(decision.params.max_tokens or 0)
-        assert budget.spent.tokens == observed + reserved_in_full
+        # The dead replica may have reserved for calls it never logged (killed in between):
+        # at most one per caller in flight, each charged in full, 100 + 16 or 100 + 32 tokens.
+        unlogged = budget.next_id - reserved_calls
+        extra = budget.spent.tokens - observed - reserved_in_full
+        assert 0 <= unlogged <= len(traffic.threads)
+        assert 116 * unlogged <= extra <= 132 * unlogged
         assert budget.spent.tokens <= LIMIT
     finally:
         store.close()

@@ -265,17 +265,23 @@ def held_by(state: BudgetState, request_id: str) -> Reservation | None:
     return min(held, key=lambda r: r.id) if held else None
 
 
-def expire(state: BudgetState, now: float) -> tuple[BudgetState, tuple[Reservation, ...]]:
-    """Charge every reservation whose ``expires`` has passed its full amount; returns them.
+def expire(
+    state: BudgetState, now: float, measured: Mapping[int, Spend] | None = None
+) -> tuple[BudgetState, tuple[Reservation, ...]]:
+    """Charge every reservation whose ``expires`` has passed; returns them.
 
-    Nothing says what such a call spent, so it is charged what it could have
-    spent: the budget errs on the safe side, and a reservation whose process
-    died does not stay open until the day ends.
+    A reservation is charged what ``measured`` says its call spent (by
+    reservation id: an outcome was stored but its replica died before settling
+    it) or, when nothing says, its full amount: what the call could have spent.
+    The budget errs on the safe side, and a reservation whose process died does
+    not stay open until the day ends.
     """
     due = tuple(sorted((r for r in state.reservations if r.expires <= now), key=lambda r: r.id))
     if not due:
         return state, ()
-    charged = Spend(math.fsum(r.amount.tokens for r in due), math.fsum(r.amount.cost for r in due))
+    known = measured or {}
+    spends = [known.get(r.id, r.amount) for r in due]
+    charged = Spend(math.fsum(s.tokens for s in spends), math.fsum(s.cost for s in spends))
     new = replace(
         state, spent=state.spent + charged, reservations=state.reservations - frozenset(due)
     )

@@ -353,21 +353,33 @@ class BudgetManager:
             )
         return held
 
-    def expire(self, task_type: str) -> tuple[Reservation, ...]:
-        """Charge in full every reservation past its ``expires`` (see :func:`paramloop.core.budget.expire`).
+    def expire(
+        self, task_type: str, measured: Callable[[str], Spend | None] | None = None
+    ) -> tuple[Reservation, ...]:
+        """Charge every reservation past its ``expires`` (see :func:`paramloop.core.budget.expire`).
 
-        Any replica may call it: a reservation made by a process that died is
-        charged here when its window closes, not left open until the day ends.
-        Returns the reservations charged.
+        ``measured(request_id)`` gives what the call spent when its outcome was
+        stored but never settled (its replica died in between); anything else
+        is charged in full.  Any replica may call it: a reservation made by a
+        process that died is charged here when its window closes, not left open
+        until the day ends.  Returns the reservations charged.
         """
         limits = self._limits(task_type)
         if limits is None:
             return ()
         now = self.clock()
-        due = self._mutate(task_type, limits, lambda state: core.expire(state, now))
+        spent: dict[int, Spend] = {}
+        if measured is not None:
+            for reservation in self._read(task_type)[0].reservations:
+                if reservation.expires <= now and reservation.request_id is not None:
+                    found = measured(reservation.request_id)
+                    if found is not None:
+                        spent[reservation.id] = found
+        due = self._mutate(task_type, limits, lambda state: core.expire(state, now, spent))
         for reservation in due:
             if reservation.arm is not None:
-                self._record_spend_safely(task_type, reservation.arm, reservation.amount)
+                actual = spent.get(reservation.id, reservation.amount)
+                self._record_spend_safely(task_type, reservation.arm, actual)
         return due
 
     def release(self, task_type: str, reservation: Reservation) -> None:

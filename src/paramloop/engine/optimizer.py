@@ -71,6 +71,9 @@ log = logging.getLogger("paramloop.engine")
 
 _MAX_REQUEST_ID = 200
 _SEED_LIMIT = 2**63
+#: A reservation expires this long after its wait window closes: an outcome accepted just
+#: inside the window (on any replica) settles it before another replica's sweep charges it.
+RESERVATION_GRACE_S = 1.0
 #: Decisions kept in memory until their outcome is learned (then dropped), so recording it
 #: needs no read of the store; past this many waiting, the oldest are read back instead.
 #: (Kept for ever, 100,000 decisions cost ~200 MB and slowed every garbage collection.)
@@ -707,9 +710,17 @@ class Optimizer:
             if state.config.budget is None:
                 continue
             try:
-                self.budgets.expire(state.config.name)
+                self.budgets.expire(state.config.name, measured=self._measured_spend)
             except Exception as exc:
                 self._failed("budget", exc)
+
+    def _measured_spend(self, request_id: str) -> Spend | None:
+        """What a call spent by its stored observed outcome (``None``: none is stored)."""
+        recorded = self.store.get_outcome(request_id)
+        if recorded is None or recorded.source == "default":
+            return None
+        outcome = recorded.outcome
+        return Spend(float(outcome.total_tokens or 0), float(outcome.cost or 0.0))
 
     def _release(self, task_type: str, reservation: Reservation) -> None:
         assert self.budgets is not None
@@ -733,7 +744,7 @@ class Optimizer:
                 decision.arm,
                 caps[decision.arm],
                 request_id=decision.request_id,
-                expires=decision.timestamp + config.reward_wait_s,
+                expires=decision.timestamp + config.reward_wait_s + RESERVATION_GRACE_S,
             )
         except BudgetExhaustedError as exc:
             baseline = config.space.baseline_arm
