@@ -99,6 +99,12 @@ def service_settings(db: Path, upstream: str, timeout_s: float = 10.0, **service
     )
 
 
+def serve_service(stack: ExitStack, serve_app: Serve, *args: Any, **service: Any) -> str:
+    """The service (``service_settings(*args, **service)``) served for the rest of ``stack``."""
+    app = create_app(service_settings(*args, **service))
+    return stack.enter_context(serve_app(app, lifespan="on"))
+
+
 def decisions_in(db: Path) -> int:
     store = open_store(f"sqlite:///{db}")
     try:
@@ -132,16 +138,15 @@ def test_requests_past_the_concurrency_limit_get_503_with_retry_after_and_log_no
     db = tmp_path / "svc.db"
     with ExitStack() as stack:
         upstream = stack.enter_context(serve_app(slow_upstream(1.0)))
-        app = create_app(
-            service_settings(
-                db,
-                f"{upstream}/v1",
-                api_keys=[key_entry("app")],
-                max_concurrency=4,
-                queue_timeout_s=0.3,
-            )
+        url = serve_service(
+            stack,
+            serve_app,
+            db,
+            f"{upstream}/v1",
+            api_keys=[key_entry("app")],
+            max_concurrency=4,
+            queue_timeout_s=0.3,
         )
-        url = stack.enter_context(serve_app(app, lifespan="on"))
         answers = burst(url, "app", 10)
         live = httpx.get(f"{url}/health/live", timeout=5.0)  # a GET is never queued
     statuses = sorted(r.status_code for r in answers)
@@ -166,10 +171,9 @@ def test_an_admitted_call_never_waits_for_an_upstream_connection(
     db, upstream = tmp_path / "svc.db", SlowUpstream(3.0)
     with ExitStack() as stack:
         upstream_url = stack.enter_context(serve_app(upstream.app))
-        app = create_app(
-            service_settings(db, f"{upstream_url}/v1", auth="disabled", max_concurrency=200)
+        url = serve_service(
+            stack, serve_app, db, f"{upstream_url}/v1", auth="disabled", max_concurrency=200
         )
-        url = stack.enter_context(serve_app(app, lifespan="on"))
         answers = burst(url, "unused", 150)
     assert [r.status_code for r in answers] == [200] * 150
     assert upstream.peak == 150
@@ -179,15 +183,14 @@ def test_each_key_has_its_requests_and_tokens_per_minute(serve_app: Serve, tmp_p
     db = tmp_path / "svc.db"
     with ExitStack() as stack:
         upstream = stack.enter_context(serve_app(slow_upstream(0.0)))
-        app = create_app(
-            service_settings(
-                db,
-                f"{upstream}/v1",
-                api_keys=[key_entry("alice", rpm=3), key_entry("bob", tpm=100)],
-                rate_limit_rpm=1_000,
-            )
+        url = serve_service(
+            stack,
+            serve_app,
+            db,
+            f"{upstream}/v1",
+            api_keys=[key_entry("alice", rpm=3), key_entry("bob", tpm=100)],
+            rate_limit_rpm=1_000,
         )
-        url = stack.enter_context(serve_app(app, lifespan="on"))
         headers = {"Authorization": "Bearer alice"}
         with httpx.Client(base_url=url, timeout=10.0) as client:
             recommend = [
@@ -296,14 +299,13 @@ def test_a_pinned_max_tokens_that_paramloop_overrides_is_not_what_is_charged(
     db = tmp_path / "svc.db"
     with ExitStack() as stack:
         upstream = stack.enter_context(serve_app(slow_upstream(0.0)))
-        app = create_app(
-            service_settings(
-                db,
-                f"{upstream}/v1",
-                api_keys=[key_entry("carol", tpm=60)],
-                tasks={"qa": {"pinned": "override"}},
-            )
+        url = serve_service(
+            stack,
+            serve_app,
+            db,
+            f"{upstream}/v1",
+            api_keys=[key_entry("carol", tpm=60)],
+            tasks={"qa": {"pinned": "override"}},
         )
-        url = stack.enter_context(serve_app(app, lifespan="on"))
         answers = [burst(url, "carol", 1, max_tokens=1)[0] for _ in range(2)]
     assert [r.status_code for r in answers] == [200, 429]
