@@ -615,11 +615,7 @@ class Optimizer:
         if self.budgets is not None and state.config.budget is not None:
             outcome = stored.outcome
             # A default reward means nothing was measured: charge what was reserved.
-            actual = (
-                None
-                if stored.source == "default"
-                else Spend(float(outcome.total_tokens or 0), float(outcome.cost or 0.0))
-            )
+            actual = None if stored.source == "default" else _spend_of(outcome)
             try:
                 self.budgets.settle_request(decision.task_type, decision.request_id, actual)
             except Exception as exc:  # the outcome is recorded; the budget shows the failure
@@ -699,7 +695,8 @@ class Optimizer:
         return learned
 
     def _expire_reservations(self) -> None:
-        """Charge in full the reservations whose wait window closed without an outcome.
+        """Charge the reservations whose wait window closed unsettled (see
+        :meth:`BudgetManager.expire`: the stored outcome's spend, else in full).
 
         They live in the shared budget state, so this charges every replica's,
         a crashed one's included.
@@ -719,8 +716,7 @@ class Optimizer:
         recorded = self.store.get_outcome(request_id)
         if recorded is None or recorded.source == "default":
             return None
-        outcome = recorded.outcome
-        return Spend(float(outcome.total_tokens or 0), float(outcome.cost or 0.0))
+        return _spend_of(recorded.outcome)
 
     def _release(self, task_type: str, reservation: Reservation) -> None:
         assert self.budgets is not None
@@ -810,3 +806,8 @@ def _observed(config: TaskConfig, request_id: str, outcome: Outcome, now: float)
         source="observed",
         timestamp=now,
     )
+
+
+def _spend_of(outcome: Outcome) -> Spend:
+    """What a call spent by its outcome (unmeasured tokens or cost count as 0)."""
+    return Spend(float(outcome.total_tokens or 0), float(outcome.cost or 0.0))

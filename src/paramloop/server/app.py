@@ -423,17 +423,12 @@ def observe_outcome(metrics: Metrics, task_type: str, source: str, reward: float
 
 
 async def _maintain_forever(state: AppState) -> None:
-    """Every ``expire_interval_s``: record the outcomes whose wait window closed, and
-    re-read the rollouts other replicas changed (so every replica routes alike)."""
+    """Every ``expire_interval_s``: record the outcomes whose wait window closed.
+
+    (Other replicas' rollout changes are re-read by the sync loop, every ``sync_interval_s``.)
+    """
     while True:
         await asyncio.sleep(state.settings.expire_interval_s)
-        try:
-            await run_in_threadpool(state.loop.rollout.refresh)
-        except Exception as exc:
-            state.metrics.errors.labels("refresh").inc()
-            log.error(
-                "re-reading the rollouts failed: %s", exc, extra={"error": type(exc).__name__}
-            )
         try:
             count = await run_in_threadpool(state.service.expire)
         except Exception as exc:
