@@ -783,17 +783,13 @@ class RolloutController:
                 "decisions_until": _finite_or_none(live.decisions_until),
                 "confidence": [live.confidence_sum, live.confidence_n],
                 "shadow": [live.agree, live.shadowed],
+                "drift": {
+                    "reference": json_safe([_plain(c) for c in live.reference]),
+                    "recent": json_safe(list(live.recent)),
+                    "seen": live.drift_seen,
+                },
             }
-            seen = live.drift_seen
-            # The windows' contexts are never changed once added: copied here, made plain
-            # JSON after the lock (2,000 contexts: tens of ms that requests must not wait for).
-            reference, recent = list(live.reference), list(live.recent)
             live.saved_at = time.monotonic()
-        data["drift"] = {
-            "reference": json_safe([_plain(c) for c in reference]),
-            "recent": json_safe(recent),
-            "seen": seen,
-        }
         try:
             current = self.store.get_state(MONITOR_KIND, state.task_type)
             if current is not None and float(current.data.get("entered_at", 0)) > state.entered_at:

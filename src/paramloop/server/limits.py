@@ -210,10 +210,7 @@ class Admission:
             return
         slots = self._semaphore()
         try:
-            if slots.locked():  # wait for a slot (a free one is taken without a timer task)
-                await asyncio.wait_for(slots.acquire(), self.queue_timeout_s)
-            else:
-                await slots.acquire()
+            await asyncio.wait_for(slots.acquire(), self.queue_timeout_s)
         except TimeoutError:
             self.on_refused()
             refused = ThrottledError(
