@@ -31,7 +31,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from paramloop.client.api import AsyncParamloopClient, ParamloopClient
 from paramloop.client.models import (
@@ -49,6 +49,8 @@ if TYPE_CHECKING:
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 log = logging.getLogger("paramloop.client")
+#: The ``completions`` of a wrapper's ``chat``: sync or async.
+C = TypeVar("C", "_Completions", "_AsyncCompletions")
 
 #: ``cost(model, prompt_tokens, completion_tokens)``: the call's cost in dollars, or ``None``.
 CostFunction = Callable[[str, int | None, int | None], float | None]
@@ -133,15 +135,25 @@ class _Wrapper:
             completion_tokens=None if usage is None else usage.completion_tokens,
         )
 
-    def scored(self, measured: Outcome, model: str, completion: ChatCompletion) -> Outcome:
-        """``measured`` with the caller's cost and quality of the call (their functions may raise)."""
-        cost = (
-            None
-            if self.cost is None
-            else self.cost(model, measured.prompt_tokens, measured.completion_tokens)
-        )
-        quality = None if self.quality is None else self.quality(completion)
-        return replace(measured, cost=cost, quality=quality)
+    def finished(
+        self, latency_s: float, model: str, completion: ChatCompletion
+    ) -> tuple[Outcome, Exception | None]:
+        """The outcome of a completed call, scored with the caller's cost and quality.
+
+        When one of those functions raises, the outcome is what was measured and
+        the exception comes back too, for the caller to see once it is recorded.
+        """
+        measured = self.measured(latency_s, completion)
+        try:
+            cost = (
+                None
+                if self.cost is None
+                else self.cost(model, measured.prompt_tokens, measured.completion_tokens)
+            )
+            quality = None if self.quality is None else self.quality(completion)
+        except Exception as exc:
+            return measured, exc
+        return replace(measured, cost=cost, quality=quality), None
 
     @staticmethod
     def record_failed(request_id: str, exc: ParamloopError) -> None:
@@ -197,9 +209,11 @@ class OptimizedOpenAI(_Wrapper):
         self.chat = _Chat(_Completions(self))
 
 
-class _Chat:
-    def __init__(self, completions: _Completions) -> None:
-        self.completions = completions
+class _Chat(Generic[C]):
+    """``chat`` of either wrapper: its ``completions``, the rest the wrapped client's."""
+
+    def __init__(self, completions: C) -> None:
+        self.completions: C = completions
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.completions.wrapper.openai.chat, name)
@@ -271,13 +285,10 @@ class _Completions:
         except Exception:
             self._record(decision, w.measured(time.perf_counter() - start, None))
             raise
-        measured = w.measured(time.perf_counter() - start, completion)
-        try:
-            outcome = w.scored(measured, sent["model"], completion)
-        except Exception:  # the caller's cost or quality function: record what was measured
-            self._record(decision, measured)
-            raise
+        outcome, failed = w.finished(time.perf_counter() - start, sent["model"], completion)
         self._record(decision, outcome)
+        if failed is not None:  # the caller's cost or quality function
+            raise failed
         return completion
 
     def _record(self, decision: Recommendation, outcome: Outcome) -> None:
@@ -313,15 +324,7 @@ class AsyncOptimizedOpenAI(_Wrapper):
             )
         super().__init__(openai_client, task_type, context, cost, quality)
         self.paramloop = paramloop
-        self.chat = _AsyncChat(_AsyncCompletions(self))
-
-
-class _AsyncChat:
-    def __init__(self, completions: _AsyncCompletions) -> None:
-        self.completions = completions
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.completions.wrapper.openai.chat, name)
+        self.chat = _Chat(_AsyncCompletions(self))
 
 
 class _AsyncCompletions:
@@ -385,13 +388,10 @@ class _AsyncCompletions:
         except Exception:
             await self._record(decision, w.measured(time.perf_counter() - start, None))
             raise
-        measured = w.measured(time.perf_counter() - start, completion)
-        try:
-            outcome = w.scored(measured, sent["model"], completion)
-        except Exception:
-            await self._record(decision, measured)
-            raise
+        outcome, failed = w.finished(time.perf_counter() - start, sent["model"], completion)
         await self._record(decision, outcome)
+        if failed is not None:
+            raise failed
         return completion
 
     async def _record(self, decision: Recommendation, outcome: Outcome) -> None:
