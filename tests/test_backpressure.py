@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from redis import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -28,6 +29,7 @@ from starlette.routing import Route
 
 from paramloop.errors import ConfigError
 from paramloop.server.app import create_app
+from paramloop.server.limits import CLIENT_NAME
 from paramloop.server.settings import Settings
 from paramloop.store import open_store
 
@@ -268,6 +270,42 @@ def test_replicas_share_each_keys_limit_through_redis(
             )
             statuses.append(response.status_code)
     assert statuses == [200, 200, 200, 200, 429, 429]
+
+
+def test_a_stopped_service_leaves_no_redis_connection_open(
+    serve_app: Serve, tmp_path: Path, redis_url: str
+) -> None:
+    """The rate limiter's connections were left open at shutdown: a ResourceWarning at some
+    later garbage collection failed an unrelated test."""
+    name = f"key-{uuid.uuid4().hex[:12]}"
+    redis = Redis.from_url(redis_url)
+    try:
+        with serve_app(slow_upstream(0.0)) as upstream:
+            app = create_app(
+                service_settings(
+                    tmp_path / "one.db",
+                    f"{upstream}/v1",
+                    api_keys=[key_entry(name, rpm=100)],
+                    redis_url=redis_url,
+                    spool_path="off",
+                )
+            )
+            with serve_app(app, lifespan="on") as url:
+                response = httpx.post(
+                    f"{url}/v1/recommend",
+                    json={"task_type": "qa", "context": {}},
+                    headers={"Authorization": f"Bearer {name}"},
+                    timeout=10.0,
+                )
+                assert response.status_code == 200
+                assert limiter_connections(redis) >= 1
+        assert limiter_connections(redis) == 0
+    finally:
+        redis.close()
+
+
+def limiter_connections(redis: Redis) -> int:
+    return sum(client["name"] == CLIENT_NAME for client in redis.client_list())
 
 
 @pytest.mark.parametrize(

@@ -276,6 +276,7 @@ def create_app(
                     await task
             if state.broadcast is not None:
                 await state.broadcast.close()
+            await rate_limits.close()
             await state.http.aclose()
             if webhook is not None:
                 await run_in_threadpool(webhook.close)  # delivers the alerts still queued

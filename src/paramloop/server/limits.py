@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import orjson
+import redis.asyncio as aioredis
 from limits import RateLimitItem, RateLimitItemPerMinute
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.storage import storage_from_string
@@ -49,6 +50,8 @@ log = logging.getLogger("paramloop.server")
 
 #: Key prefix of paramloop's counters in a shared Redis.
 KEY_PREFIX = "paramloop"
+#: The name the rate limiter's connections give Redis (``CLIENT LIST`` shows it).
+CLIENT_NAME = "paramloop-rate-limits"
 #: How long a request waits for the counters' store before it is let through.
 STORE_TIMEOUT_S = 0.25
 #: Write routes that are never refused: reports of calls that already happened.
@@ -98,19 +101,32 @@ class RateLimits:
         on_store_error: Callable[[Exception], None] = lambda exc: None,
     ) -> None:
         self.default, self.per_key = default, dict(per_key)
+        # The Redis connections are ours (the limits library never closes its own):
+        # :meth:`close` closes them when the service stops.
+        self._pool: aioredis.ConnectionPool | None = None
         if storage_url is None:
             storage = storage_from_string("async+memory://")
         else:
+            self._pool = aioredis.ConnectionPool.from_url(
+                storage_url,
+                socket_timeout=STORE_TIMEOUT_S,
+                socket_connect_timeout=STORE_TIMEOUT_S,
+                client_name=CLIENT_NAME,
+            )
             storage = storage_from_string(
                 f"async+{storage_url}",
                 implementation="redispy",
                 key_prefix=KEY_PREFIX,
-                socket_timeout=STORE_TIMEOUT_S,
-                socket_connect_timeout=STORE_TIMEOUT_S,
+                connection_pool=self._pool,  # type: ignore[arg-type]  # passed to redis.asyncio.Redis
             )
         self.limiter = SlidingWindowCounterRateLimiter(storage)
         self.on_store_error = on_store_error
         self._items: dict[tuple[str, int], RateLimitItem] = {}
+
+    async def close(self) -> None:
+        """Close the connections to Redis (the service's shutdown does)."""
+        if self._pool is not None:
+            await self._pool.aclose()
 
     @property
     def active(self) -> bool:
