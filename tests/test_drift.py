@@ -193,3 +193,41 @@ def test_detector_validation() -> None:
     with pytest.raises(FeatureError):
         detector.update({"b": 1.0})
     assert detector.report() == () and not detector.drifted
+
+
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=5, max_size=60),
+    st.lists(st.sampled_from(["a", "b", "c", "new"]), min_size=5, max_size=60),
+    st.lists(st.tuples(st.floats(-2e6, 2e6), st.sampled_from(["a", "c", "z"])), max_size=80),
+)
+def test_a_saved_detector_restores_to_the_same_scores(
+    numbers: list[float], levels: list[str], later: list[tuple[float, str]]
+) -> None:
+    """to_dict → JSON → from_dict keeps the bins, the reference and the window: the restored
+    detector scores alike now and after the same further contexts (the window keeps sliding)."""
+    import json
+
+    rows = min(len(numbers), len(levels))
+    reference = [{"x": numbers[i], "kind": levels[i]} for i in range(rows)]
+    settings = {"window": 20, "min_samples": 5}
+    detector = DriftDetector(reference, **settings)  # type: ignore[arg-type]
+    half = len(later) // 2
+    for x, kind in later[:half]:
+        detector.update({"x": x, "kind": kind})
+    restored = DriftDetector.from_dict(json.loads(json.dumps(detector.to_dict())), **settings)  # type: ignore[arg-type]
+    assert restored.report() == detector.report()
+    assert restored.n == detector.n and restored.reference_size == rows
+    for x, kind in later[half:]:
+        detector.update({"x": x, "kind": kind})
+        restored.update({"x": x, "kind": kind})
+        assert restored.report() == detector.report()
+
+
+def test_a_detector_state_that_does_not_fit_its_bins_is_refused() -> None:
+    detector = DriftDetector([{"x": float(i)} for i in range(50)], window=10, min_samples=5)
+    detector.update({"x": 3.0})
+    state = detector.to_dict()
+    with pytest.raises(ValueError, match="does not match its bins"):
+        DriftDetector.from_dict({**state, "window": {"x": [99]}}, window=10, min_samples=5)
+    with pytest.raises(ValueError, match="does not match its bins"):
+        DriftDetector.from_dict({**state, "reference": {"x": [1, 2]}}, window=10, min_samples=5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -16,6 +17,7 @@ from paramloop.core.monitor import SLOConfig
 from paramloop.core.rollout import Phase, RolloutPlan
 from paramloop.engine import Optimizer
 from paramloop.engine.rollout import (
+    MONITOR_KIND,
     DriftSettings,
     PromotionRefusedError,
     RolloutController,
@@ -396,6 +398,12 @@ def test_the_whole_loop_starts_where_the_configuration_says_and_audits_it() -> N
         build_loop(configs, MemoryDecisionLog(), initial={TASK: (Phase.CANARY, 50.0)})
 
 
+#: A monitor snapshot's JSON once the drift reference is full: the SLO sequences and the
+#: detector's bins and counts, whatever the contexts hold (measured here: 25.6 KB, against
+#: 380 KB with the 1,250 contexts of the windows).
+SNAPSHOT_BYTES = 32_000
+
+
 class CountingStore(SQLiteDecisionLog):
     """A SQLite store that counts the decisions read back by ``iter_logged``."""
 
@@ -432,6 +440,11 @@ def test_a_restart_reads_the_monitor_snapshot_and_the_log_after_it_not_the_phase
     walk_to(optimizer, controller, store, clock, Phase.CANARY)
     healthy_traffic([optimizer], clock, 1_500, seed=5)
     optimizer.save_snapshots()  # what the service does at shutdown, or every 10 s
+    snapshot = store.get_state(MONITOR_KIND, TASK)
+    assert snapshot is not None and snapshot.data["drift"]["reference"] == []
+    # The drift windows as bins and counts, not as the 1,250 contexts they hold (354 KB
+    # here) written every 10 s, tens of ms during which decisions waited).
+    assert len(json.dumps(snapshot.data)) < SNAPSHOT_BYTES
     healthy_traffic([optimizer], clock, 120, seed=6)  # after the snapshot: the tail
     expected = slo_view(controller)
     # kill -9: no close(); a new process opens the same file.

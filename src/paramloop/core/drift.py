@@ -22,7 +22,7 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -195,39 +195,123 @@ class DriftDetector:
         bins: int = 10,
         smoothing: float = 0.5,
     ) -> None:
-        if metric not in ("psi", "js"):
-            raise ConfigError("drift.metric", f"must be 'psi' or 'js', got {metric!r}")
-        if not (math.isfinite(threshold) and threshold > 0):
-            raise ConfigError("drift.threshold", f"must be > 0, got {threshold!r}")
-        if not 1 <= min_samples <= window:
-            raise ConfigError("drift.min_samples", "must be in [1, window]")
         if not reference:
             raise ConfigError("drift.reference", "the reference window is empty")
         features = sorted(reference[0])
         for row in reference:
             if sorted(row) != features:
                 raise FeatureError(next(iter(set(row) ^ set(features)), "?"), "missing in a row")
+        binnings = {f: Binning.from_reference(f, [r[f] for r in reference], bins) for f in features}
+        self._setup(
+            binnings,
+            {f: b.counts(r[f] for r in reference) for f, b in binnings.items()},
+            metric=metric,
+            threshold=threshold,
+            window=window,
+            min_samples=min_samples,
+            smoothing=smoothing,
+        )
+
+    def _setup(
+        self,
+        binnings: dict[str, Binning],
+        reference_counts: dict[str, npt.NDArray[np.int64]],
+        *,
+        metric: Literal["psi", "js"],
+        threshold: float,
+        window: int,
+        min_samples: int,
+        smoothing: float,
+    ) -> None:
+        if metric not in ("psi", "js"):
+            raise ConfigError("drift.metric", f"must be 'psi' or 'js', got {metric!r}")
+        if not (math.isfinite(threshold) and threshold > 0):
+            raise ConfigError("drift.threshold", f"must be > 0, got {threshold!r}")
+        if not 1 <= min_samples <= window:
+            raise ConfigError("drift.min_samples", "must be in [1, window]")
         self.metric, self.threshold, self.min_samples, self.smoothing = (
             metric,
             threshold,
             min_samples,
             smoothing,
         )
-        self.binnings = {
-            f: Binning.from_reference(f, [r[f] for r in reference], bins) for f in features
-        }
-        self.reference_counts = {
-            f: b.counts(r[f] for r in reference) for f, b in self.binnings.items()
-        }
+        self.binnings = binnings
+        self.reference_counts = reference_counts
         self._window: deque[dict[str, int]] = deque(maxlen=window)
         self._counts = {f: np.zeros(b.size, dtype=np.int64) for f, b in self.binnings.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The detector's state as plain JSON: its bins, the reference's counts and the
+        window as bin numbers (a few KB whatever the contexts hold)."""
+        return {
+            "binnings": {
+                f: {"edges": list(b.edges), "levels": list(b.levels)}
+                for f, b in self.binnings.items()
+            },
+            "reference": {f: counts.tolist() for f, counts in self.reference_counts.items()},
+            "window": {f: [bins[f] for bins in self._window] for f in self.binnings},
+        }
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        metric: Literal["psi", "js"] = "psi",
+        threshold: float = 0.2,
+        window: int = 1_000,
+        min_samples: int = 200,
+        smoothing: float = 0.5,
+    ) -> DriftDetector:
+        """The detector :meth:`to_dict` saved (with the settings now configured).
+
+        Raises ``ValueError``/``KeyError``/``TypeError`` on a malformed state.
+        """
+        binnings = {
+            str(f): Binning(
+                str(f),
+                edges=tuple(float(e) for e in spec["edges"]),
+                levels=tuple(str(level) for level in spec["levels"]),
+            )
+            for f, spec in data["binnings"].items()
+        }
+        reference = {f: np.asarray(data["reference"][f], dtype=np.int64) for f in binnings}
+        columns = {f: [int(i) for i in data["window"][f]] for f in binnings}
+        for f, binning in binnings.items():
+            if reference[f].shape != (binning.size,) or any(
+                not 0 <= i < binning.size for i in columns[f]
+            ):
+                raise ValueError(f"drift state of {f!r} does not match its bins")
+        if len({len(column) for column in columns.values()}) > 1:
+            raise ValueError("drift state: the window's columns differ in length")
+        detector = cls.__new__(cls)
+        detector._setup(
+            binnings,
+            reference,
+            metric=metric,
+            threshold=threshold,
+            window=window,
+            min_samples=min_samples,
+            smoothing=smoothing,
+        )
+        length = len(next(iter(columns.values()), []))
+        for row in range(length):
+            detector._add({f: columns[f][row] for f in binnings})
+        return detector
+
+    @property
+    def reference_size(self) -> int:
+        """How many contexts formed the reference."""
+        return int(next(iter(self.reference_counts.values())).sum())
 
     def update(self, x: Mapping[str, FeatureValue]) -> None:
         """Add one context; the oldest falls out once the window is full."""
         missing = set(self.binnings) - set(x)
         if missing:
             raise FeatureError(sorted(missing)[0], "missing from the context")
-        bins = {f: b.index(x[f]) for f, b in self.binnings.items()}
+        self._add({f: b.index(x[f]) for f, b in self.binnings.items()})
+
+    def _add(self, bins: dict[str, int]) -> None:
         if len(self._window) == self._window.maxlen:
             for f, i in self._window[0].items():
                 self._counts[f][i] -= 1

@@ -38,7 +38,6 @@ import logging
 import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
@@ -154,11 +153,10 @@ class _Live:
     agree: int = 0
     shadowed: int = 0
     outcomes: int = 0
+    # The drift reference while it fills (emptied once the detector is built from it).
     reference: list[Mapping[str, Any]] = field(default_factory=list)
     drift: DriftDetector | None = None
     drift_seen: int = 0
-    # The drift detector's window as plain contexts (a snapshot rebuilds the detector from them).
-    recent: deque[dict[str, Any]] = field(default_factory=deque)
     # Outcome watermark: every outcome with seq ≤ last_seq is counted, and those in own_seqs.
     last_seq: int = 0
     own_seqs: set[int] = field(default_factory=set)
@@ -431,7 +429,6 @@ class RolloutController:
             live.drift_frozen = None
             live.drift_since = self.clock()
             live.reference, live.drift, live.drift_seen = [], None, 0
-            live.recent.clear()
             self._save(live, new)
             self._catch_up(live)
             self._save_monitor(live)
@@ -470,7 +467,7 @@ class RolloutController:
                 "confidence": self.confidence(task_type),
                 "shadow_agreement": live.agree / live.shadowed if live.shadowed else None,
                 "shadow_decisions": live.shadowed,
-                "drift": {"reference": len(live.reference), "features": drift},
+                "drift": {"reference": _reference_size(live), "features": drift},
                 "note": _note(live.state),
             }
 
@@ -564,13 +561,9 @@ class RolloutController:
         if live.drift is None:
             live.reference.append(dict(decision.context))
             if len(live.reference) >= settings.reference:
-                live.drift = _detector(settings, live.reference)
+                live.drift, live.reference = _detector(settings, live.reference), []
             return False
-        plain = _plain(decision.context)
-        live.drift.update(plain)
-        live.recent.append(plain)
-        while len(live.recent) > settings.window:
-            live.recent.popleft()
+        live.drift.update(_plain(decision.context))
         live.drift_seen += 1
         # Judge tumbling windows, not every request: a sliding window tested at each
         # request would test the same data hundreds of times and multiply false alarms.
@@ -695,7 +688,6 @@ class RolloutController:
                 previous.drift,
                 previous.drift_seen,
             )
-            live.recent = previous.recent
             self._replay(live, drift=False)
         else:
             self._replay(live)
@@ -783,9 +775,11 @@ class RolloutController:
                 "decisions_until": _finite_or_none(live.decisions_until),
                 "confidence": [live.confidence_sum, live.confidence_n],
                 "shadow": [live.agree, live.shadowed],
+                # The detector as its bins and counts (a few KB); raw contexts only while
+                # the reference fills (before, 2,000 contexts: ~200 KB every 10 s).
                 "drift": {
                     "reference": json_safe([_plain(c) for c in live.reference]),
-                    "recent": json_safe(list(live.recent)),
+                    "detector": None if live.drift is None else live.drift.to_dict(),
                     "seen": live.drift_seen,
                 },
             }
@@ -825,11 +819,16 @@ class RolloutController:
             live.decisions_until = -math.inf if until is None else float(until)
             drift = data["drift"]
             live.reference = list(drift["reference"])
-            if live.settings.drift.enabled and len(live.reference) >= live.settings.drift.reference:
-                live.drift = _detector(live.settings.drift, live.reference)
-                for context in drift["recent"]:
+            if live.settings.drift.enabled and drift.get("detector") is not None:
+                live.drift = _restored_detector(live.settings.drift, drift["detector"])
+            elif (
+                live.settings.drift.enabled and len(live.reference) >= live.settings.drift.reference
+            ):
+                live.drift = _detector(live.settings.drift, live.reference)  # an older snapshot
+                for context in drift.get("recent", []):
                     live.drift.update(context)
-                    live.recent.append(context)
+            if live.drift is not None:
+                live.reference = []
             live.drift_seen = int(drift["seen"])
         except Exception as exc:  # a snapshot is only a cache: whatever is wrong, replay
             log.warning(
@@ -839,7 +838,6 @@ class RolloutController:
             )
             live.monitor = SLOMonitor(live.settings.slo)
             live.reference, live.drift, live.drift_seen = [], None, 0
-            live.recent.clear()
             live.confidence_sum, live.confidence_n, live.agree, live.shadowed = 0.0, 0, 0, 0
             live.decisions_until = -math.inf
             return False
@@ -904,6 +902,20 @@ def _detector(settings: DriftSettings, reference: Sequence[Mapping[str, Any]]) -
         window=settings.window,
         min_samples=settings.min_samples,
     )
+
+
+def _restored_detector(settings: DriftSettings, data: Mapping[str, Any]) -> DriftDetector:
+    return DriftDetector.from_dict(
+        data,
+        metric=settings.metric,
+        threshold=settings.threshold,
+        window=settings.window,
+        min_samples=settings.min_samples,
+    )
+
+
+def _reference_size(live: _Live) -> int:
+    return len(live.reference) if live.drift is None else live.drift.reference_size
 
 
 def _finite_or_none(value: float) -> float | None:
