@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import time
@@ -267,9 +268,14 @@ def create_app(
             asyncio.create_task(_maintain_forever(state)),
             asyncio.create_task(_sync_forever(state)),
         ]
+        # What exists now (modules, the app, the policies: ~150,000 objects) lives as long
+        # as the service: out of the garbage collector's full passes, which scanned it all
+        # each time (measured: 80-120 ms pauses, the whole p99 of a loaded replica).
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             for task in background:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -226,7 +226,10 @@ class Admission:
             return
         slots = self._semaphore()
         try:
-            await asyncio.wait_for(slots.acquire(), self.queue_timeout_s)
+            if slots.locked():  # wait for a slot (a free one is taken without a timer task)
+                await asyncio.wait_for(slots.acquire(), self.queue_timeout_s)
+            else:
+                await slots.acquire()
         except TimeoutError:
             self.on_refused()
             refused = ThrottledError(

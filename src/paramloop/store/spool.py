@@ -38,7 +38,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, InvalidStateError, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -236,6 +237,127 @@ class SpoolStats:
     outages: int = 0
 
 
+class GroupCommit:
+    """Decisions logged at the same time, committed in one transaction.
+
+    Callers :meth:`submit` a decision and wait on the future it returns; one
+    committer thread takes every decision waiting when it is free and appends
+    them together (``Store.append_decisions``), so under load one commit (one
+    round trip, one WAL write or fsync) carries many decisions while a lone
+    decision is committed at once, with no added wait.  Each future resolves
+    only after the transaction holding its decision has committed: an
+    acknowledged decision is a committed one.
+
+    A batch the store refuses for one of its rows (a request id logged
+    before, a row it cannot store) is retried row by row, so each caller gets
+    its own answer; when the store is unavailable every caller of the batch
+    gets that error.  :meth:`fail_waiting` releases, at once, every caller
+    whose decision has not been committed (the store went down): a decision
+    already handed to the store may still land, which the spool's replay
+    recognises as the same decision.
+    """
+
+    def __init__(self, primary: Store, *, max_batch: int = 256) -> None:
+        self.primary = primary
+        self.max_batch = max_batch
+        #: Transactions committed and the decisions they held (for metrics and benches).
+        self.commits = 0
+        self.committed = 0
+        self._waiting: list[tuple[Decision, Future[None]]] = []
+        self._running: list[Future[None]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="paramloop-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, decision: Decision) -> Future[None]:
+        future: Future[None] = Future()
+        with self._cond:
+            if self._closed:
+                raise StoreError("append_decision: the store is closed")
+            self._waiting.append((decision, future))
+            self._cond.notify()
+        return future
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """Fail every decision not committed yet with ``exc`` (their callers spool them)."""
+        with self._cond:
+            futures = [future for _, future in self._waiting] + self._running
+            self._waiting = []
+        for future in futures:
+            _settle(future, exc)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=1.0)
+        self.fail_waiting(StoreError("append_decision: the store is closed"))
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                batch = self._waiting[: self.max_batch]
+                del self._waiting[: self.max_batch]
+                live = [(d, f) for d, f in batch if f.set_running_or_notify_cancel()]
+                self._running = [future for _, future in live]
+            try:
+                self._commit(live)
+            except BaseException as exc:  # the thread must live on: every caller gets the error
+                for _, future in live:
+                    _settle(future, exc)
+            finally:
+                with self._cond:
+                    self._running = []
+
+    def _commit(self, batch: list[tuple[Decision, Future[None]]]) -> None:
+        if not batch:
+            return
+        if len(batch) > 1:
+            try:
+                self.primary.append_decisions([decision for decision, _ in batch])
+            except StoreUnavailableError:
+                raise
+            except (ParamloopError, ValueError):
+                pass  # one row is refused: each caller gets its own answer below
+            else:
+                self._done(len(batch))
+                for _, future in batch:
+                    _settle(future)
+                return
+        for decision, future in batch:
+            try:
+                self.primary.append_decision(decision)
+            except StoreUnavailableError:
+                raise
+            except Exception as exc:
+                _settle(future, exc)
+            else:
+                self._done(1)
+                _settle(future)
+
+    def _done(self, decisions: int) -> None:
+        self.commits += 1
+        self.committed += decisions
+
+
+def _settle(future: Future[None], exc: BaseException | None = None) -> None:
+    """Resolve ``future`` unless it is resolved already (released by :meth:`fail_waiting`)."""
+    if future.done():
+        return
+    try:
+        if exc is None:
+            future.set_result(None)
+        else:
+            future.set_exception(exc)
+    except InvalidStateError:
+        pass
+
+
 class SpooledStore:
     """``primary`` behind a ``deadline_s`` per call, spooling writes it cannot take.
 
@@ -268,6 +390,7 @@ class SpooledStore:
         self.on_event = on_event
         self.stats = SpoolStats()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="paramloop-store")
+        self.commits = GroupCommit(primary)
         self._down: str | None = None  # why the store is considered down
         self._tripped: Future[str] = Future()  # resolved when the store goes down
         self._replay_lock = threading.Lock()
@@ -308,7 +431,7 @@ class SpooledStore:
             raise DuplicateRequestError(decision.request_id)
         if self.available:
             try:
-                self._call("append_decision", self.primary.append_decision, decision)
+                self._commit(decision)
                 return
             except StoreUnavailableError:
                 pass
@@ -397,6 +520,7 @@ class SpooledStore:
     def close(self) -> None:
         """Stop replaying (what is spooled stays for the next start) and close both stores."""
         self._stop.set()
+        self.commits.close()
         self._replayer.join(timeout=10 * self.deadline_s + self.retry_s)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.spool.close()
@@ -527,6 +651,29 @@ class SpooledStore:
             self._mark_down(str(exc))
             raise
 
+    def _commit(self, decision: Decision) -> None:
+        """Log ``decision`` in the store's next group commit, within the deadline."""
+        if self._stop.is_set():
+            raise StoreError("append_decision: the store is closed")
+        if self._down is not None:
+            raise StoreUnavailableError(
+                f"append_decision: the store is unavailable ({self._down}); writes are spooled"
+            )
+        future = self.commits.submit(decision)
+        try:
+            future.result(timeout=self.deadline_s)
+        except FutureTimeout:
+            future.cancel()  # not taken yet: it never runs; taken: it may land, harmlessly
+            self.stats.timeouts += 1
+            exc = StoreUnavailableError(
+                f"the store did not answer within {self.deadline_s * 1000:g} ms"
+            )
+            self._mark_down(str(exc))
+            raise exc from None
+        except StoreUnavailableError as exc:
+            self._mark_down(str(exc))
+            raise
+
     def _guarded(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on a worker, within the deadline.
 
@@ -550,6 +697,10 @@ class SpooledStore:
         if self._down is None:
             self._down = reason
             self._tripped.set_result(reason)
+            # Decisions waiting for a commit are spooled by their callers now, not at their deadline.
+            self.commits.fail_waiting(
+                StoreUnavailableError(f"the store went down meanwhile ({reason})")
+            )
             self.stats.outages += 1
             log.error("the store is unavailable; spooling writes on this replica: %s", reason)
             if self.on_event is not None:
@@ -599,4 +750,4 @@ def _recorded_from_json(data: Mapping[str, Any]) -> RecordedOutcome:
     )
 
 
-__all__ = ["Spool", "SpoolEntry", "SpoolStats", "SpooledStore"]
+__all__ = ["GroupCommit", "Spool", "SpoolEntry", "SpoolStats", "SpooledStore"]
