@@ -95,6 +95,11 @@ class Connection:
         return cls(reader, writer)
 
     async def send(self, raw: bytes) -> int:
+        status, _ = await self.exchange(raw)
+        return status
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes]:
+        """Send ``raw``; the answer's status and body."""
         self.writer.write(raw)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
@@ -103,11 +108,41 @@ class Connection:
             name, _, value = line.partition(b":")
             if name.lower() == b"content-length":
                 length = int(value)
-        await self.reader.readexactly(length)
-        return status
+        return status, await self.reader.readexactly(length)
 
     def close(self) -> None:
         self.writer.close()
+
+
+#: Which worker answers: the status endpoint names its process.
+WHO = (
+    "GET /api/optimization/status HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    f"Authorization: Bearer {KEY}\r\n\r\n"
+).encode()
+
+
+async def worker_of(conn: Connection) -> int:
+    status, body = await conn.exchange(WHO)
+    if status != 200:
+        raise RuntimeError(f"status {status} from the status endpoint")
+    pid: int = json.loads(body)["replica"]["pid"]
+    return pid
+
+
+async def all_workers_up(port: int, workers: int, timeout_s: float = 120.0) -> None:
+    """Wait until ``workers`` distinct processes have answered: a worker still starting
+    accepts no connection, and those opened meanwhile would all go to the others."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + timeout_s
+    while len(seen) < workers:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {len(seen)} of {workers} workers answered")
+        conn = await Connection.open(port)
+        try:
+            seen.add(await worker_of(conn))
+        finally:
+            conn.close()
+        await asyncio.sleep(0.02)
 
 
 def request(path: str, body: bytes, *, key: str | None = KEY) -> bytes:
@@ -119,8 +154,15 @@ def request(path: str, body: bytes, *, key: str | None = KEY) -> bytes:
     return head.encode() + body
 
 
-async def closed_loop(port: int, raw: bytes, seconds: float, connections: int = 16) -> float:
-    """Requests per second with ``connections`` clients each sending back to back."""
+async def closed_loop(
+    port: int,
+    raw: bytes,
+    seconds: float,
+    connections: int = 16,
+    spread: list[int] | None = None,
+) -> float:
+    """Requests per second with ``connections`` clients each sending back to back; with
+    ``spread``, how many of the connections each worker process served is appended to it."""
     conns = [await Connection.open(port) for _ in range(connections)]
     for conn in conns:  # warm up
         for _ in range(20):
@@ -139,6 +181,9 @@ async def closed_loop(port: int, raw: bytes, seconds: float, connections: int = 
     start = time.perf_counter()
     await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - start
+    if spread is not None:
+        pids = [await worker_of(conn) for conn in conns]
+        spread.extend(sorted((pids.count(pid) for pid in set(pids)), reverse=True))
     for conn in conns:
         conn.close()
     return done / elapsed
@@ -275,7 +320,9 @@ def scaling(url: str, workers: list[int], raw: bytes, seconds: float) -> list[di
         env = {"BENCH_DATABASE_URL": f"{url}?options=-csearch_path%3D{schema}"}
         try:
             with serve("paramloop_app", env, workers=n) as port:
-                rps = asyncio.run(closed_loop(port, raw, seconds, connections=32))
+                asyncio.run(all_workers_up(port, n))
+                spread: list[int] = []
+                rps = asyncio.run(closed_loop(port, raw, seconds, connections=32, spread=spread))
         finally:
             import sqlalchemy
 
@@ -283,8 +330,12 @@ def scaling(url: str, workers: list[int], raw: bytes, seconds: float) -> list[di
             with engine.begin() as conn:
                 conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
             engine.dispose()
-        rows.append({"workers": n, "rps": rps})
-        print(f"scaling: {n} worker(s) on PostgreSQL: {rps:.0f} recommend/s", flush=True)
+        rows.append({"workers": n, "rps": rps, "connections_per_worker": spread})
+        print(
+            f"scaling: {n} worker(s) on PostgreSQL: {rps:.0f} recommend/s "
+            f"(connections per worker: {spread})",
+            flush=True,
+        )
     for row in rows:
         row["ratio"] = row["rps"] / rows[0]["rps"]
     return rows
