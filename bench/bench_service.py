@@ -313,7 +313,7 @@ def scaling(url: str, workers: list[int], raw: bytes, seconds: float) -> list[di
     store), closed loop with 32 connections; each run on a fresh schema."""
     from paramloop.store.postgres import PostgresDecisionLog
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in workers:
         schema = f"bench_scaling_{os.getpid()}_{n}"
         PostgresDecisionLog(url, schema=schema).close()  # creates and migrates it
