@@ -1,9 +1,10 @@
 """Run every benchmark and rewrite docs/performance.md with the figures measured now.
 
-    python bench/run_all.py [--quick]
+    python bench/run_all.py [--quick] [--only bench_service,bench_startup]
 
 Each script runs in its own process with ``--json``; its ``table()`` renders the
-results.  ``--quick`` shortens every run (for checking the scripts, not for figures).
+results.  ``--quick`` shortens every run (for checking the scripts, not for figures);
+``--only`` runs the scripts named and keeps the page's other sections as they are.
 """
 
 from __future__ import annotations
@@ -125,9 +126,12 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     sections = []
+    kept = _kept_sections()
     with tempfile.TemporaryDirectory() as tmp:
         for script, (full, quick, title, what) in BENCHES.items():
             if args.only and script not in args.only.split(","):
+                if _label(title) in kept:  # not run now: the page keeps its figures
+                    sections.append(kept[_label(title)])
                 continue
             out = Path(tmp) / f"{script}.json"
             command = [
@@ -142,11 +146,14 @@ def main() -> None:
             module = importlib.import_module(script)
             results = json.loads(out.read_text())
             shown = " ".join(["python", f"bench/{script}.py", *(quick if args.quick else full)])
-            sections.append(f"## {title}\n\n{what}\n\n`{shown}`\n\n{module.table(results)}\n")
+            today = dt.date.today().isoformat()
+            sections.append(
+                f"## {title}\n\n{what}\n\n`{shown}` (measured {today})\n\n{module.table(results)}\n"
+            )
     header = (
         "# Performance\n\n"
-        f"Measured {dt.date.today().isoformat()} on {platform.machine()} with {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, by `python bench/run_all.py`"
+        f"Measured on {platform.machine()} with {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, by `python bench/run_all.py` (each section says when)"
         + (" --quick (short runs: not figures to quote)" if args.quick else "")
         + ". Each script prints its own figures; this page is rewritten from them.\n\n"
         "Targets (from the issue): recommend p99 ≤ 50 µs for 8 arms × 16 features and ≤ 250 µs for 256 arms; "
@@ -160,6 +167,24 @@ def main() -> None:
 
 
 SUMMARY_START, SUMMARY_END = "<!-- summary -->", "<!-- /summary -->"
+
+
+def _kept_sections() -> dict[str, str]:
+    """The current page's ``## (x) title`` sections by label ``(x)`` (what ``--only`` keeps)."""
+    if not DOCS.exists():
+        return {}
+    text = DOCS.read_text()
+    end = text.find(SUMMARY_END)
+    body = text[end + len(SUMMARY_END) :] if end >= 0 else text
+    sections: dict[str, str] = {}
+    for chunk in ("\n" + body).split("\n## ")[1:]:
+        title = chunk.split("\n", 1)[0].strip()
+        sections[_label(title)] = "## " + chunk.rstrip("\n") + "\n"
+    return sections
+
+
+def _label(title: str) -> str:
+    return title.split(" ", 1)[0]
 
 
 def _kept_summary() -> str:
