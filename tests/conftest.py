@@ -275,18 +275,34 @@ def local_upstream_url() -> Iterator[str]:
 
 
 class ParamloopProcess:
-    """``paramloop serve --config …`` in a process of its own, on a free port (``url``)."""
+    """``paramloop serve --config …`` in a process of its own, on a free port (``url``).
 
-    def __init__(self, config: Path, port: int, *extra: str) -> None:
+    ``config=None`` serves without one (the embedded default); ``cwd`` is its working
+    directory; ``stderr`` a file that receives its log lines.
+    """
+
+    def __init__(
+        self,
+        config: Path | None,
+        port: int,
+        *extra: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        stderr: Path | None = None,
+    ) -> None:
         import subprocess
         import sys
 
         self.url = f"http://127.0.0.1:{port}"
+        where = [] if config is None else ["--config", str(config)]
+        self._stderr = None if stderr is None else stderr.open("wb")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).with_name("paramloop")), "serve", "--config", str(config),
+            [str(Path(sys.executable).with_name("paramloop")), "serve", *where,
              "--port", str(port), *extra],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL if self._stderr is None else self._stderr,
+            cwd=cwd,
+            env=env,
         )  # fmt: skip
 
     def wait_up(self, timeout_s: float = 60.0) -> None:
@@ -313,26 +329,27 @@ class ParamloopProcess:
         import signal
         import subprocess
 
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self._stderr is not None:
+            self._stderr.close()
 
 
 @pytest.fixture
 def paramloop_process() -> Iterator[Callable[..., ParamloopProcess]]:
-    """``paramloop_process(config, *flags)`` starts ``paramloop serve`` and waits until it is live;
-    every one started is stopped (SIGTERM) at teardown."""
+    """``paramloop_process(config, *flags, cwd=…, env=…, stderr=…)`` starts ``paramloop serve``
+    and waits until it is live; every one started is stopped (SIGTERM) at teardown."""
     started: list[ParamloopProcess] = []
 
-    def start(config: Path, *extra: str) -> ParamloopProcess:
+    def start(config: Path | None, *extra: str, **options: Any) -> ParamloopProcess:
         sock = free_socket()
         port = int(sock.getsockname()[1])
         sock.close()
-        server = ParamloopProcess(config, port, *extra)
+        server = ParamloopProcess(config, port, *extra, **options)
         started.append(server)
         server.wait_up()
         return server

@@ -130,6 +130,7 @@ def service(serve_app: Serve, tmp_path: Path, upstream: tuple[Upstream, str]) ->
             "tasks": TASKS,
             "service": {
                 "database_url": f"sqlite:///{db}",
+                "mode": "general",  # the policy's choices are served (the default is shadow)
                 "upstreams": {"*": {"base_url": upstream_url, "timeout_s": 10}},
                 "api_keys": [
                     *(key_entry(f"{role}-bot", role, key) for role, key in KEYS.items()),

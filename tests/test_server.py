@@ -60,6 +60,9 @@ CONFIG: dict[str, Any] = {
         "prices": {"small": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
         "tasks": {"rated": {"feedback": "await"}},
         "max_body_bytes": 20_000,
+        # These tests exercise the policy's choices: every request in treatment, said so here
+        # (a new task type starts in shadow by default).
+        "mode": "general",
     },
 }
 MESSAGES = [{"role": "user", "content": "a secret prompt about 2 + 2"}]
@@ -853,8 +856,7 @@ auth = "disabled"
     assert (
         upstream is not None and upstream.api_key == "sk-test" and "sk-test" not in repr(upstream)
     )
-    with pytest.raises(ConfigError, match="PARAMLOOP_CONFIG"):
-        Settings.load(None, env={})
+    assert Settings.load(None, env={}).embedded  # no file: the embedded default (test_deployment)
     with pytest.raises(ConfigError, match="file not found"):
         Settings.load(tmp_path / "missing.toml", env={})
 

@@ -184,6 +184,17 @@ def test_the_mode_places_new_rollouts_and_the_stored_state_wins_afterwards(make:
     assert (again.rollout("qa")["phase"], again.rollout("chat")["phase"]) == ("paused", "canary")
 
 
+def test_a_new_task_type_starts_in_shadow_unless_the_configuration_says_otherwise(
+    make: Make,
+) -> None:
+    h = make()  # no mode, no LLM_OPTIMIZATION_MODE
+    assert (h.rollout("qa")["phase"], h.rollout("qa")["traffic_percent"]) == ("shadow", 0.0)
+    assert h.rollout("chat")["phase"] == "shadow"
+    decision = h.recommend()
+    assert (decision["phase"], decision["origin"]) == ("shadow", "baseline")
+    assert h.audit("phase_change") == []  # shadow is where every rollout begins: no record
+
+
 def test_shadow_logs_the_baseline_with_the_policys_choice(make: Make) -> None:
     h = make(mode="shadow")
     for _ in range(5):
@@ -482,9 +493,9 @@ def test_alerts_go_to_the_webhook(
     ("env", "where", "word"),
     [
         (
-            {"LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE": "50"},
+            {"LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE": "50"},  # without a mode: shadow's share
             "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE",
-            "general",
+            "shadow traffic",
         ),
         (
             {"LLM_OPTIMIZATION_MODE": "canary", "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE": "30"},

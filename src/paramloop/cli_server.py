@@ -9,11 +9,14 @@ FastAPI, uvicorn and llama.cpp are imported inside the commands, so ``paramloop
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from paramloop.cli_common import reported as _reported
+
+if TYPE_CHECKING:
+    from paramloop.server.settings import Settings
 
 upstream_app = typer.Typer(
     help="Serve an LLM upstream: a real model on this machine, OpenAI-compatible.",
@@ -48,7 +51,8 @@ def serve_command(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="TOML file with the task types and the service table (default: $PARAMLOOP_CONFIG)."
+            help="TOML file with the task types and the service table (default: $PARAMLOOP_CONFIG, "
+            "else the embedded default: example task types, SQLite here, no auth on 127.0.0.1)."
         ),
     ] = None,
     host: Annotated[
@@ -66,15 +70,23 @@ def serve_command(
         ),
     ] = 1,
 ) -> None:
-    """Serve the decision API, the operations endpoints and the OpenAI-compatible proxy."""
+    """Serve the decision API, the operations endpoints and the OpenAI-compatible proxy.
+
+    Without a configuration (no --config, no PARAMLOOP_CONFIG) it serves the embedded
+    default: the example task types, SQLite in the working directory, no auth (loopback
+    only), and the local model as the upstream when it is installed.
+    """
+    import logging
     import os
+    from dataclasses import replace
 
     import uvicorn
 
     from paramloop.errors import ConfigError
     from paramloop.server.app import create_app, environment_tracer
     from paramloop.server.jsonlog import configure
-    from paramloop.server.settings import Settings
+    from paramloop.server.settings import ANY_MODEL, Settings, Upstream
+    from paramloop.server.upstream_local import local_model_problem, start_local_upstream
 
     overrides: dict[str, Any] = {}
     if host is not None:
@@ -90,6 +102,16 @@ def serve_command(
                 "each worker would have a store of its own in memory; give a database "
                 "(DATABASE_URL) to share, or serve with one worker",
             )
+        local: str | None = None
+        if settings.embedded and not settings.upstreams:
+            local = local_model_problem()
+            if local is None:
+                url = start_local_upstream()
+                settings = replace(settings, upstreams={ANY_MODEL: Upstream(url, timeout_s=120)})
+                os.environ["PARAMLOOP_UPSTREAM_BASE_URL"] = url  # for the workers, if several
+        log = logging.getLogger("paramloop.serve")
+        for line in _startup_lines(settings, local):
+            log.info(line)
         if workers == 1:
             app: Any = create_app(settings, tracer=environment_tracer())
         else:
@@ -112,3 +134,52 @@ def serve_command(
         ws="none",
         timeout_graceful_shutdown=30,
     )
+
+
+def _startup_lines(settings: Settings, local_problem: str | None) -> list[str]:
+    """What ``paramloop serve`` says first: where its configuration, store, task types,
+    auth and upstreams come from, and what a newcomer does next."""
+    from paramloop.server.settings import EMBEDDED_FILE
+
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        f"configuration: {settings.source}"
+        if not settings.embedded
+        else f"configuration: the embedded default ({EMBEDDED_FILE}): neither --config nor "
+        "PARAMLOOP_CONFIG names a file; copy it to start your own",
+    ]
+    store = settings.database_url
+    if store.startswith("sqlite:///") and ":memory:" not in store:
+        store += f" ({Path(store.removeprefix('sqlite:///').partition('?')[0]).resolve()})"
+    lines.append(f"store: {store}")
+    shadow = (
+        ": the baseline serves every request and the policy's choice is only logged, until "
+        "the gates pass and `paramloop rollout advance` moves it on"
+        if settings.mode == "shadow"
+        else ""
+    )
+    lines.append(
+        f"task types: {', '.join(settings.tasks)}; a new rollout starts in {settings.mode}{shadow}"
+    )
+    lines.append(
+        f"auth: disabled, every caller is admin (loopback host {settings.host} only)"
+        if settings.auth_disabled
+        else f"auth: {len(settings.api_keys)} API keys"
+    )
+    if settings.upstreams:
+        for model, upstream in settings.upstreams.items():
+            what = "the local model (SmolLM2-135M-Instruct)" if settings.embedded else "upstream"
+            lines.append(
+                f"upstream for {'every model' if model == '*' else model}: {what} at {upstream.base_url}"
+            )
+    else:
+        why = f" (the local model is not installed: {local_problem})" if local_problem else ""
+        lines.append(
+            f"upstream: none{why}; the decision API works, the proxy answers 502 until one is "
+            "configured ([service.upstreams] or PARAMLOOP_UPSTREAM_BASE_URL)"
+        )
+    lines.append(
+        f"listening on {base}: OpenAI base URL {base}/v1, decision API {base}/v1/recommend, "
+        f"rollout status {base}/api/optimization/rollout-status, API docs {base}/docs"
+    )
+    return lines

@@ -28,37 +28,26 @@ from typing import Any
 
 import httpx
 
-_GRID = {"temperature": [0.0, 0.3, 0.7, 1.0, 1.4], "max_tokens": [6, 12, 24, 48]}
-_REWARD = {
-    "quality": 0.8,
-    "latency": 0.1,
-    "tokens": 0.1,
-    "latency_scale_ms": 3000.0,
-    "token_scale": 200.0,
-}
+from paramloop.server.settings import embedded_document
 
 
 def config(database_url: str, upstream: str) -> dict[str, Any]:
-    """The TOML document (as a mapping) of the demo's service, auth off on loopback."""
-    task = {
-        "baseline": {"model": "smollm2", "temperature": 1.0, "max_tokens": 12},
-        "space": _GRID,
-        "trust_region": {"temperature": 2.0, "max_tokens": 100},
-        "reward": _REWARD,
-        "reward_wait_s": 600,
-        "exploration": 0.1,
-    }
-    names = ("arithmetic", "json_profile", "short_answer")
-    return {
-        "tasks": {name: task for name in names},
-        "service": {
-            "database_url": database_url,
-            "auth": "disabled",
-            "upstreams": {"*": {"base_url": upstream, "timeout_s": 120}},
-            "tasks": {name: {"feedback": "await"} for name in names},
-            "expire_interval_s": 5,
-        },
-    }
+    """The TOML document (as a mapping) of the demo's service, auth off on loopback.
+
+    The task types are the embedded default's (``embedded.toml``, what ``paramloop
+    serve`` runs without a configuration).  The demo shows the policy learning, so
+    every task type starts in general here, said explicitly: a deployment's new task
+    types start in shadow.
+    """
+    document = embedded_document()
+    service = dict(document.pop("service"))
+    service.update(
+        database_url=database_url,
+        upstreams={"*": {"base_url": upstream, "timeout_s": 120}},
+        expire_interval_s=5,
+        mode="general",
+    )
+    return {**document, "service": service}
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,8 @@ never in clear; upstream API keys are read from the environment variable each
 upstream names, and never printed (``repr`` hides them).
 
 ``LLM_OPTIMIZATION_MODE`` (+ ``LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE``) only says
-where a task type's rollout *starts* when the store has none yet
+where a task type's rollout *starts* when the store has none yet (default
+``shadow``: the baseline serves everyone and the policy's choice is only logged)
 (:meth:`Settings.initial_rollouts`); once a rollout is stored, its stored phase
 and traffic win, and changing the variable and restarting changes nothing: move
 a rollout with the operations endpoints (advance, rollback, traffic, …), which
@@ -29,6 +30,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +55,9 @@ ROLES: tuple[Role, ...] = ("read", "write", "admin")
 MODES = ("shadow", "canary", "guarded", "general")
 #: The key of the upstream that serves every model without one of its own.
 ANY_MODEL = "*"
+
+#: The store when nothing names one: SQLite in the working directory.
+DEFAULT_DATABASE_URL = "sqlite:///paramloop.db"
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _URL = re.compile(r"https?://[^/\s]+")
@@ -89,14 +94,15 @@ class Settings:
     """Everything the service needs, validated (see the module documentation)."""
 
     tasks: Mapping[str, TaskConfig]
-    database_url: str = "sqlite:///paramloop.db"
+    database_url: str = DEFAULT_DATABASE_URL
     host: str = "127.0.0.1"
     port: int = 8080
     api_keys: tuple[ApiKey, ...] = ()
     auth_disabled: bool = False
     enabled: bool = True
-    #: The phase a task type's rollout starts in when the store has none (``LLM_OPTIMIZATION_MODE``).
-    mode: str = "general"
+    #: The phase a task type's rollout starts in when the store has none (``LLM_OPTIMIZATION_MODE``):
+    #: shadow unless the deployment says otherwise; reaching general takes the gates.
+    mode: str = "shadow"
     #: Its treatment traffic (``None``: the task type's plan's share for that phase).
     traffic_percentage: float | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
@@ -132,10 +138,25 @@ class Settings:
     rate_limit_tpm: int | None = None
     #: Where replicas share their rate-limit counters (``REDIS_URL``; ``None``: in process).
     redis_url: str | None = field(default=None, repr=False)
+    #: Where the configuration came from: its file, or :data:`EMBEDDED` (see :meth:`load`).
+    source: str = "settings"
+
+    @property
+    def embedded(self) -> bool:
+        """Whether this is the embedded default (no ``--config``, no ``PARAMLOOP_CONFIG``)."""
+        return self.source == EMBEDDED
 
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ConfigError("tasks", "declare at least one task type, e.g. [tasks.summarize]")
+        if self.embedded and self.auth_disabled and not is_loopback(self.host):
+            raise ConfigError(
+                "--host",
+                f"the embedded default (no --config, no PARAMLOOP_CONFIG) runs without "
+                f"authentication, so only on a loopback host (127.0.0.1, ::1, localhost); host is "
+                f"{self.host!r}: give a configuration with API keys ([[service.api_keys]] or "
+                "PARAMLOOP_API_KEYS) to serve on another interface",
+            )
         if self.auth_disabled and not is_loopback(self.host):
             raise ConfigError(
                 "service.auth",
@@ -246,27 +267,7 @@ class Settings:
         ``budget.daily_cost`` are each task type's daily limits.  A value given here
         replaces the task type's own; the others keep theirs.
         """
-        slo: dict[str, Any] = {}
-        if "latency_p99_ms" in self.slo:
-            slo["latency_p99_max_ms"] = self.slo["latency_p99_ms"]
-        if "quality_min" in self.slo:
-            slo["quality_drop"] = 1.0 - self.slo["quality_min"]
-            slo["quality_drop_relative"] = True
-        if "error_rate_max" in self.slo:
-            slo["error_rate_max"] = self.slo["error_rate_max"]
-        budget: dict[str, Any] = {
-            limit: self.budget[key]
-            for key, limit in (("daily_tokens", "tokens_per_day"), ("daily_cost", "cost_per_day"))
-            if key in self.budget
-        }
-        out = {}
-        for name, config in self.tasks.items():
-            rollout = config.rollout
-            if slo:
-                rollout = replace(rollout, slo=replace(rollout.slo, **slo))
-            limits = replace(config.budget or BudgetLimits(), **budget) if budget else config.budget
-            out[name] = replace(config, rollout=rollout, budget=limits)
-        return out
+        return _with_service_limits(self.tasks, self.slo, self.budget)
 
     def upstream_for(self, model: str) -> Upstream | None:
         """The upstream of ``model``, else the one for every model (``"*"``), else ``None``."""
@@ -283,22 +284,15 @@ class Settings:
         """Settings from ``config`` (or ``PARAMLOOP_CONFIG``) and the environment.
 
         ``overrides`` (``host=…``, ``port=…`` from the command line) win over both.
+        Without either, the embedded default (:func:`embedded_document`: the example
+        task types, SQLite in the working directory, auth disabled, so a loopback host
+        only, unless ``PARAMLOOP_API_KEYS`` names keys); ``source`` says which.
         """
         env = os.environ if env is None else env
-        path = config if config is not None else env.get("PARAMLOOP_CONFIG")
-        if not path:
-            raise ConfigError(
-                "config",
-                "no configuration: give --config FILE or set PARAMLOOP_CONFIG to a TOML file "
-                "with [tasks.*] tables",
-            )
-        try:
-            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError("config", f"file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
-        return cls.from_mapping(data, env=env, **overrides)
+        data, source = read_document(config, env)
+        if source == EMBEDDED and env.get("PARAMLOOP_API_KEYS", ""):
+            data["service"] = {**data["service"], "auth": "keys"}
+        return cls.from_mapping(data, env=env, **{"source": source, **overrides})
 
     @classmethod
     def from_mapping(
@@ -308,22 +302,136 @@ class Settings:
         env = os.environ if env is None else env
         document = dict(data)
         service = _table(document.pop("service", {}), "service")
-        policy = env.get("BANDIT_POLICY")
-        if policy:
-            if policy not in POLICIES:
-                raise ConfigError(
-                    "BANDIT_POLICY",
-                    f"unknown policy {policy!r}; available: {', '.join(sorted(POLICIES))}",
-                )
-            defaults = dict(_table(document.get("defaults", {}), "defaults"))
-            defaults["policy"] = policy  # task types that name their own policy keep it
-            document["defaults"] = defaults
-        tasks = parse_config(document)
+        tasks = _tasks(document, env)
         return cls(tasks=tasks, **{**_service(service, env), **overrides})
 
 
-def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    known = {
+#: :attr:`Settings.source` and :attr:`Deployment.source` of the embedded default.
+EMBEDDED = "embedded default"
+#: The embedded default's file, inside the package.
+EMBEDDED_FILE = Path(__file__).with_name("embedded.toml")
+
+
+def embedded_document() -> dict[str, Any]:
+    """The embedded default (``embedded.toml``) as a TOML document: the example task types
+    on the local model, SQLite in the working directory, auth disabled (loopback only)."""
+    return tomllib.loads(EMBEDDED_FILE.read_text(encoding="utf-8"))
+
+
+def read_document(config: str | Path | None, env: Mapping[str, str]) -> tuple[dict[str, Any], str]:
+    """The TOML document of ``config``, else of ``PARAMLOOP_CONFIG``, else the embedded
+    default; and where it came from (the file, or :data:`EMBEDDED`)."""
+    path = config if config is not None else env.get("PARAMLOOP_CONFIG")
+    if not path:
+        return embedded_document(), EMBEDDED
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8")), str(path)
+    except FileNotFoundError:
+        where = "--config" if config is not None else "PARAMLOOP_CONFIG"
+        raise ConfigError(where, f"file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """What an operator command needs of a deployment, read as ``paramloop serve`` reads it:
+    the task types (``BANDIT_POLICY`` and the service-wide SLO and budget values applied,
+    as :attr:`Settings.task_configs`) and the store."""
+
+    tasks: Mapping[str, TaskConfig]
+    database_url: str
+    #: The configuration file, or :data:`EMBEDDED`.
+    source: str
+
+    @property
+    def embedded(self) -> bool:
+        return self.source == EMBEDDED
+
+
+def load_deployment(
+    config: str | Path | None = None,
+    *,
+    database_url: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Deployment:
+    """The deployment of ``config`` (else ``PARAMLOOP_CONFIG``, else the embedded default).
+
+    The store is ``database_url`` (``--db``), else ``DATABASE_URL``, else the file's
+    ``service.database_url``, else ``sqlite:///paramloop.db``: the one ``paramloop
+    serve`` would open.  Every key of the file is checked as ``serve`` checks it, except
+    what only serving needs and a command must not: API keys and the upstreams'
+    secrets are not required.
+    """
+    env = os.environ if env is None else env
+    document, source = read_document(config, env)
+    service = _table(document.pop("service", {}), "service")
+    _only(service, SERVICE_KEYS, "service")
+    tasks = _tasks(document, env)
+    slo, budget = _service_limits(service, env)
+    if database_url is None:
+        found = _pick(service, env, "database_url", "DATABASE_URL")
+        database_url = _text(*found) if found is not None else DEFAULT_DATABASE_URL
+    return Deployment(_with_service_limits(tasks, slo, budget), str(database_url), source)
+
+
+def _tasks(document: dict[str, Any], env: Mapping[str, str]) -> dict[str, TaskConfig]:
+    """The task types of a document without its ``[service]`` table (``BANDIT_POLICY`` applied)."""
+    policy = env.get("BANDIT_POLICY")
+    if policy:
+        if policy not in POLICIES:
+            raise ConfigError(
+                "BANDIT_POLICY",
+                f"unknown policy {policy!r}; available: {', '.join(sorted(POLICIES))}",
+            )
+        defaults = dict(_table(document.get("defaults", {}), "defaults"))
+        defaults["policy"] = policy  # task types that name their own policy keep it
+        document = {**document, "defaults": defaults}
+    return parse_config(document)
+
+
+def _with_service_limits(
+    tasks: Mapping[str, TaskConfig],
+    slo_values: Mapping[str, float],
+    budget_values: Mapping[str, float],
+) -> dict[str, TaskConfig]:
+    """``tasks`` with the service-wide SLO and budget values applied (see :attr:`Settings.task_configs`)."""
+    slo: dict[str, Any] = {}
+    if "latency_p99_ms" in slo_values:
+        slo["latency_p99_max_ms"] = slo_values["latency_p99_ms"]
+    if "quality_min" in slo_values:
+        slo["quality_drop"] = 1.0 - slo_values["quality_min"]
+        slo["quality_drop_relative"] = True
+    if "error_rate_max" in slo_values:
+        slo["error_rate_max"] = slo_values["error_rate_max"]
+    budget: dict[str, Any] = {
+        limit: budget_values[key]
+        for key, limit in (("daily_tokens", "tokens_per_day"), ("daily_cost", "cost_per_day"))
+        if key in budget_values
+    }
+    out = {}
+    for name, config in tasks.items():
+        rollout = config.rollout
+        if slo:
+            rollout = replace(rollout, slo=replace(rollout.slo, **slo))
+        limits = replace(config.budget or BudgetLimits(), **budget) if budget else config.budget
+        out[name] = replace(config, rollout=rollout, budget=limits)
+    return out
+
+
+def _pick(
+    body: Mapping[str, Any], env: Mapping[str, str], key: str, variable: str | None
+) -> tuple[str, Any] | None:
+    """A value and where it came from: the environment variable first, then ``service.<key>``."""
+    if variable is not None and env.get(variable, "") != "":
+        return variable, env[variable]
+    if key in body:
+        return f"service.{key}", body[key]
+    return None
+
+
+SERVICE_KEYS = frozenset(
+    {
         "database_url",
         "host",
         "port",
@@ -353,15 +461,12 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         "rate_limit_tpm",
         "redis_url",
     }
-    _only(body, known, "service")
-    out: dict[str, Any] = {}
+)
 
-    def pick(key: str, variable: str | None) -> tuple[str, Any] | None:
-        if variable is not None and env.get(variable, "") != "":
-            return variable, env[variable]
-        if key in body:
-            return f"service.{key}", body[key]
-        return None
+
+def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    _only(body, SERVICE_KEYS, "service")
+    out: dict[str, Any] = {}
 
     for key, variable, parse in (
         ("database_url", "DATABASE_URL", _text),
@@ -386,10 +491,10 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ("rate_limit_tpm", "PARAMLOOP_RATE_LIMIT_TPM", _positive_int),
         ("redis_url", "REDIS_URL", _text),
     ):
-        found = pick(key, variable)
+        found = _pick(body, env, key, variable)
         if found is not None:
             out[key] = parse(*found)
-    auth = pick("auth", None)
+    auth = _pick(body, env, "auth", None)
     if auth is not None and auth[1] not in ("keys", "disabled"):
         raise ConfigError("service.auth", f"must be 'keys' or 'disabled', got {auth[1]!r}")
     disabled = env.get("PARAMLOOP_AUTH_DISABLED", "")
@@ -410,7 +515,16 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             for model, price in _table(body.get("prices", {}), "service.prices").items()
         }
     )
-    out["slo"] = _limits(
+    out["slo"], out["budget"] = _service_limits(body, env)
+    return out
+
+
+def _service_limits(
+    body: Mapping[str, Any], env: Mapping[str, str]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """The service-wide SLO and budget values (``[service.slo]``, ``[service.budget]`` and
+    their variables)."""
+    slo = _limits(
         _table(body.get("slo", {}), "service.slo"),
         env,
         {
@@ -420,7 +534,7 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         },
         "service.slo",
     )
-    out["budget"] = _limits(
+    budget = _limits(
         _table(body.get("budget", {}), "service.budget"),
         env,
         {
@@ -429,7 +543,7 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         },
         "service.budget",
     )
-    return out
+    return slo, budget
 
 
 def _api_keys(entries: Any, from_env: str) -> tuple[ApiKey, ...]:
@@ -629,7 +743,7 @@ def _table(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def _only(body: Any, allowed: set[str], where: str) -> None:
+def _only(body: Any, allowed: AbstractSet[str], where: str) -> None:
     if not isinstance(body, Mapping):
         raise ConfigError(where, "must be a table")
     for key in body:
@@ -639,4 +753,20 @@ def _only(body: Any, allowed: set[str], where: str) -> None:
             )
 
 
-__all__ = ["ANY_MODEL", "MODES", "ROLES", "ApiKey", "Role", "Settings", "Upstream", "is_loopback"]
+__all__ = [
+    "ANY_MODEL",
+    "DEFAULT_DATABASE_URL",
+    "EMBEDDED",
+    "EMBEDDED_FILE",
+    "MODES",
+    "ROLES",
+    "ApiKey",
+    "Deployment",
+    "Role",
+    "Settings",
+    "Upstream",
+    "embedded_document",
+    "is_loopback",
+    "load_deployment",
+    "read_document",
+]

@@ -563,6 +563,49 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
 
 
+def local_model_problem() -> str | None:
+    """Why the local model cannot be served here (llama-cpp-python or the model is missing),
+    or ``None`` when it can."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (pip install 'paramloop[llm]'; `make install`)"
+    try:
+        default_model_path()
+    except ConfigError as exc:
+        return exc.problem
+    return None
+
+
+def start_local_upstream(*, seed: int = 0, n_threads: int = 1, timeout_s: float = 120.0) -> str:
+    """Load the local model and serve it from a daemon thread on a free loopback port.
+
+    Returns its ``/v1`` base URL.  The thread ends with the process (``paramloop serve``
+    uses it as the embedded default's upstream).
+
+    Raises:
+        ConfigError: see :func:`create_upstream_app`; or the server did not start in time.
+    """
+    import socket
+
+    import uvicorn
+
+    app = create_upstream_app(n_threads=n_threads, seed=seed)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", ws="none", lifespan="off", access_log=False)
+    )
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="paramloop-local-upstream", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise ConfigError("upstream", "the local model's server did not start")
+        time.sleep(0.01)
+    return f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+
+
 def serve_local_upstream(
     host: str = "127.0.0.1",
     port: int = DEFAULT_PORT,
@@ -591,5 +634,7 @@ __all__ = [
     "LocalModel",
     "create_upstream_app",
     "default_model_path",
+    "local_model_problem",
     "serve_local_upstream",
+    "start_local_upstream",
 ]
