@@ -206,7 +206,8 @@ def test_rollout_commands_change_state_or_refuse_and_change_nothing(
 def test_rollout_bad_input(deployment: tuple[str, ...], tmp_path: Path) -> None:
     message = refused("rollout", "status", "-t", "poetry", *deployment[2:])
     assert "unknown task type 'poetry'; configured task types: summarization" in message
-    message = refused("rollout", "status", "-t", TASK, "--db", f"sqlite:///{tmp_path / 'new.db'}")
+    new_db = f"sqlite:///{tmp_path / 'new.db'}"
+    message = refused("rollout", "status", "-t", TASK, "--db", new_db, *deployment[4:])
     assert "holds no rollout of 'summarization' yet" in message  # the service starts rollouts
     message = refused(
         "rollout", "rollback", *deployment, "--to", "sideways", "--actor", "bob", "--reason", "r"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +21,21 @@ from paramloop.sim.world import World
 from paramloop.store.memory import MemoryDecisionLog
 
 TASK = "summarization"
+#: The simulated task type as a configuration file: the operator commands read their task
+#: types from one (the simulator's built-in ones exist only in ``simulate``).
+SIM_CONFIG = """
+[tasks.summarization]
+preset = "published"
+exploration = 0.5
+baseline = { model = "gpt-large", temperature = 0.5, max_tokens = 512, top_p = 0.9 }
+space = { model = ["gpt-small", "gpt-large"], temperature = [0.3, 0.4, 0.5, 0.6, 0.7], max_tokens = [256, 384, 512, 640] }
+"""
+
+
+def sim_config(tmp_path: Path) -> str:
+    path = tmp_path / "sim.toml"
+    path.write_text(SIM_CONFIG)
+    return str(path)
 
 
 def logged(policy: str, exploration: float, rounds: int = 1_500) -> MemoryDecisionLog:
@@ -196,16 +212,15 @@ def MemoryDecisionLog_with_one_round() -> MemoryDecisionLog:  # noqa: N802
 def test_cli_evaluate(tmp_path: Path) -> None:
     exe = shutil.which("paramloop", path=str(Path(sys.executable).parent)) or "paramloop"
     db = f"sqlite:///{tmp_path / 'log.db'}"
+    config = sim_config(tmp_path)
     sim = subprocess.run(
         [
             exe,
             "simulate",
             "--rounds",
             "400",
-            "-t",
-            TASK,
-            "--exploration",
-            "0.5",
+            "--config",
+            config,
             "--holdout",
             "5",
             "--db",
@@ -224,6 +239,8 @@ def test_cli_evaluate(tmp_path: Path) -> None:
             "evaluate",
             "--db",
             db,
+            "--config",
+            config,
             "-t",
             TASK,
             "--candidate",
@@ -242,7 +259,7 @@ def test_cli_evaluate(tmp_path: Path) -> None:
     assert report["task_type"] == TASK and report["n"] == 200
     assert {e["estimator"] for e in report["estimates"]} >= {"ips", "snips", "dr"}
     table = subprocess.run(
-        [exe, "evaluate", "--db", db, "-t", TASK, "--resamples", "500"],
+        [exe, "evaluate", "--db", db, "--config", config, "-t", TASK, "--resamples", "500"],
         capture_output=True,
         text=True,
         check=False,
@@ -252,7 +269,10 @@ def test_cli_evaluate(tmp_path: Path) -> None:
     assert table.returncode == 0, table.stderr
     assert "snips" in table.stdout and "lower bound" in table.stdout
     bad = subprocess.run(
-        [exe, "evaluate", "--db", db, "-t", "poetry"], capture_output=True, text=True, check=False
+        [exe, "evaluate", "--db", db, "--config", config, "-t", "poetry"],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2 and "unknown task type 'poetry'" in " ".join(bad.stderr.split())
 
@@ -333,14 +353,16 @@ def test_cli_gates(tmp_path: Path) -> None:
     exe = shutil.which("paramloop", path=str(Path(sys.executable).parent)) or "paramloop"
     db = f"sqlite:///{tmp_path / 'log.db'}"
 
+    config = sim_config(tmp_path)
+    env = {**os.environ, "PARAMLOOP_CONFIG": config}  # read by every operator command
+
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [exe, *args], capture_output=True, text=True, check=False, timeout=300
+            [exe, *args], capture_output=True, text=True, check=False, timeout=300, env=env
         )
 
-    assert (
-        run("simulate", "--rounds", "300", "-t", TASK, "--holdout", "5", "--db", db).returncode == 0
-    )
+    simulated = run("simulate", "--rounds", "300", "--config", config, "--holdout", "5", "--db", db)
+    assert simulated.returncode == 0, simulated.stderr
     result = run("gates", "run", "--db", db, "-t", TASK, "--resamples", "200", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

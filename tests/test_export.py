@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -112,12 +113,26 @@ def test_malformed_lines_name_the_line(tmp_path: Path) -> None:
         evaluate(None, default_tasks(task_types=[TASK])[0], target="learned")
 
 
+#: The simulated task type as a configuration file: the operator commands read their task
+#: types from one (the simulator's built-in ones exist only in ``simulate``).
+SIM_CONFIG = """
+[tasks.summarization]
+preset = "published"
+exploration = 0.5
+baseline = { model = "gpt-large", temperature = 0.5, max_tokens = 512, top_p = 0.9 }
+space = { model = ["gpt-small", "gpt-large"], temperature = [0.3, 0.5, 0.7], max_tokens = [256, 512] }
+"""
+
+
 def test_cli_export_then_evaluate(tmp_path: Path) -> None:
     exe = shutil.which("paramloop", path=str(Path(sys.executable).parent)) or "paramloop"
+    config = tmp_path / "sim.toml"
+    config.write_text(SIM_CONFIG)
+    env = {**os.environ, "PARAMLOOP_CONFIG": str(config)}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [exe, *args], capture_output=True, text=True, check=False, timeout=300
+            [exe, *args], capture_output=True, text=True, check=False, timeout=300, env=env
         )
 
     db = f"sqlite:///{tmp_path / 'log.db'}"
@@ -127,10 +142,8 @@ def test_cli_export_then_evaluate(tmp_path: Path) -> None:
             "simulate",
             "--rounds",
             "200",
-            "-t",
-            TASK,
-            "--exploration",
-            "0.5",
+            "--config",
+            str(config),
             "--holdout",
             "3",
             "--db",

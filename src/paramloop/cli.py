@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from paramloop.cli_common import console, errors
+from paramloop.cli_common import configured_task, console, deployment, errors
 from paramloop.cli_common import reported as _reported
 from paramloop.cli_rollout import (
     alerts_command,
@@ -33,6 +33,7 @@ from paramloop.types import GateReportRecord
 
 if TYPE_CHECKING:
     from paramloop.engine.evaluate import Target
+    from paramloop.server.settings import Deployment
 
 app = typer.Typer(
     name="paramloop",
@@ -94,6 +95,7 @@ def simulate_command(
         tasks = _tasks(config, policy, exploration, task_type, world)
         if rollout:
             simulate_rollout(tasks, world, only=task_type, db=db, seed=seed, as_json=as_json)
+            _config_note(db, config, as_json)
             return
         store = _store(db)
         optimizer = Optimizer(tasks, store)
@@ -121,6 +123,19 @@ def simulate_command(
         sys.stdout.write(json.dumps(report.to_dict(), indent=2) + "\n")
     else:
         _render(report, rounds, db)
+    _config_note(db, config, as_json)
+
+
+def _config_note(db: str | None, config: Path | None, as_json: bool) -> None:
+    """Say how to inspect a simulated log: the other commands never see the simulator's tasks."""
+    if db is not None and config is None and not as_json:
+        errors.print(
+            "note: the simulator's built-in task types exist only in simulate; to inspect this "
+            "log with evaluate, gates, rollout or budget, simulate with --config FILE (e.g. "
+            "examples/paramloop.toml) and give them the same --config FILE (or PARAMLOOP_CONFIG).",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _tasks(
@@ -221,7 +236,11 @@ def evaluate_command(
         str, typer.Option(help="Comma-separated: ips, snips, dm, dr, sndr, switch-dr[:tau].")
     ] = ("ips,snips,dm,dr,sndr,switch-dr"),
     config: Annotated[
-        Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+        Path | None,
+        typer.Option(
+            help="The deployment's TOML file, the one paramloop serve reads (default: "
+            "PARAMLOOP_CONFIG, else the embedded default)."
+        ),
     ] = None,
     since: Annotated[float | None, typer.Option(help="Window start, epoch seconds.")] = None,
     until: Annotated[
@@ -238,7 +257,11 @@ def evaluate_command(
     ] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the evaluation as JSON.")] = False,
     db: Annotated[
-        str | None, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")
+        str | None,
+        typer.Option(
+            help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else "
+            "the configuration's service.database_url, else sqlite:///paramloop.db)."
+        ),
     ] = None,
     from_file: Annotated[
         Path | None,
@@ -254,14 +277,15 @@ def evaluate_command(
     from paramloop.store.memory import MemoryDecisionLog
 
     with _reported():
-        task = _evaluated_task(config, task_type, candidate)
-        if (db is None) == (from_file is None):
+        found = deployment(config, db)
+        task = _evaluated_task(found, task_type, candidate)
+        if db is not None and from_file is not None:
             raise ParamloopError("give exactly one of --db and --from-file")
         if from_file is not None and candidate == "snapshot":
             raise ParamloopError(
                 "--from-file holds no policy snapshot: use --candidate learned or baseline"
             )
-        store = open_store(db) if db is not None else MemoryDecisionLog()
+        store = open_store(found.database_url) if from_file is None else MemoryDecisionLog()
         rows = read_export(from_file, task_type) if from_file is not None else None
         try:
             with Progress(
@@ -328,11 +352,24 @@ def evaluate_command(
 
 @app.command(name="export")
 def export_command(
-    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
     task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to export.")],
     out: Annotated[
         Path, typer.Option(help="The file to write: .parquet for Parquet, else JSON Lines.")
     ],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else "
+            "the configuration's service.database_url, else sqlite:///paramloop.db)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The deployment's TOML file, the one paramloop serve reads (default: "
+            "PARAMLOOP_CONFIG, else the embedded default)."
+        ),
+    ] = None,
     since: Annotated[float | None, typer.Option(help="Window start, epoch seconds.")] = None,
     until: Annotated[
         float | None, typer.Option(help="Window end (exclusive), epoch seconds.")
@@ -343,7 +380,7 @@ def export_command(
     from paramloop.store import open_store
 
     with _reported():
-        store = open_store(db)
+        store = open_store(deployment(config, db).database_url)
         write = export_parquet if out.suffix == ".parquet" else export_jsonl
         try:
             count = write(store, task_type, out, start=since, end=until)
@@ -354,11 +391,21 @@ def export_command(
 
 @app.command(name="import")
 def import_command(
-    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
     task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type to import into.")],
     source: Annotated[Path, typer.Argument(help="A Vowpal Wabbit DSJSON file (one event a line).")],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else "
+            "the configuration's service.database_url, else sqlite:///paramloop.db)."
+        ),
+    ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+        Path | None,
+        typer.Option(
+            help="The deployment's TOML file, the one paramloop serve reads (default: "
+            "PARAMLOOP_CONFIG, else the embedded default)."
+        ),
     ] = None,
     policy: Annotated[
         str, typer.Option(help="Name of the system that made the decisions.")
@@ -369,18 +416,18 @@ def import_command(
     Every event is validated before anything is stored (context, arm, propensity in (0, 1],
     reward in the task type's range); the first bad one is named by its line.
     """
-    from paramloop.cli_common import configured_task
     from paramloop.engine.importers import dsjson_rows, import_rows
     from paramloop.store import open_store
 
     with _reported():
-        config_ = configured_task(config, task_type)
+        found = deployment(config, db)
+        config_ = configured_task(found, task_type)
         try:
             lines = source.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise ParamloopError(f"cannot read {source}: {exc.strerror}") from None
         rows = dsjson_rows(lines)
-        store = open_store(db)
+        store = open_store(found.database_url)
         try:
             optimizer = Optimizer([config_], store)
             report = import_rows(optimizer, task_type, rows, policy=policy)
@@ -408,11 +455,21 @@ app.command(name="alerts")(alerts_command)
 
 @gates_app.command(name="run")
 def gates_run(
-    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
     task_type: Annotated[str, typer.Option("--task-type", "-t", help="Task type.")],
     candidate: Annotated[str, typer.Option(help="snapshot, learned or baseline.")] = "snapshot",
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else "
+            "the configuration's service.database_url, else sqlite:///paramloop.db)."
+        ),
+    ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+        Path | None,
+        typer.Option(
+            help="The deployment's TOML file, the one paramloop serve reads (default: "
+            "PARAMLOOP_CONFIG, else the embedded default)."
+        ),
     ] = None,
     resamples: Annotated[
         int, typer.Option(min=100, help="Bootstrap resamples per interval.")
@@ -430,8 +487,9 @@ def gates_run(
     from paramloop.store import open_store
 
     with _reported():
-        task = _evaluated_task(config, task_type, candidate)
-        store = open_store(db)
+        found = deployment(config, db)
+        task = _evaluated_task(found, task_type, candidate)
+        store = open_store(found.database_url)
         try:
             result = evaluate(
                 store,
@@ -452,7 +510,20 @@ def gates_run(
 
 @gates_app.command(name="show")
 def gates_show(
-    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else "
+            "the configuration's service.database_url, else sqlite:///paramloop.db)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The deployment's TOML file, the one paramloop serve reads (default: "
+            "PARAMLOOP_CONFIG, else the embedded default)."
+        ),
+    ] = None,
     task_type: Annotated[
         str | None, typer.Option("--task-type", "-t", help="Latest report of this task type.")
     ] = None,
@@ -465,7 +536,7 @@ def gates_show(
     with _reported():
         if (task_type is None) == (report_id is None):
             raise ParamloopError("give exactly one of --task-type and --id")
-        store = open_store(db)
+        store = open_store(deployment(config, db).database_url)
         try:
             report = (
                 store.get_gate_report(report_id)
@@ -484,17 +555,30 @@ def gates_show(
 
 @gates_app.command(name="approve")
 def gates_approve(
-    db: Annotated[str, typer.Option(help="The decision log: sqlite:///path.db or postgresql://…")],
     report_id: Annotated[int, typer.Option("--id", help="The gate report to approve.")],
     actor: Annotated[str, typer.Option(help="Who approves.")],
     reason: Annotated[str, typer.Option(help="Why.")],
+    db: Annotated[
+        str | None,
+        typer.Option(
+            help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else "
+            "the configuration's service.database_url, else sqlite:///paramloop.db)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="The deployment's TOML file, the one paramloop serve reads (default: "
+            "PARAMLOOP_CONFIG, else the embedded default)."
+        ),
+    ] = None,
 ) -> None:
     """Approve a passed gate report; writes an append-only provenance record."""
     from paramloop.engine.gates import approve
     from paramloop.store import open_store
 
     with _reported():
-        store = open_store(db)
+        store = open_store(deployment(config, db).database_url)
         try:
             record = approve(store, report_id, actor=actor, reason=reason)
         finally:
@@ -532,18 +616,14 @@ def _show_report(report: GateReportRecord, as_json: bool) -> None:
     console.print(f"verdict: [{colour}]{report.verdict}[/]")
 
 
-def _evaluated_task(config: Path | None, task_type: str, candidate: str) -> TaskConfig:
+def _evaluated_task(found: Deployment, task_type: str, candidate: str) -> TaskConfig:
     """The task configuration to evaluate, after checking the task type and the candidate kind."""
-    tasks = {t.name: t for t in (load_config(config).values() if config else default_tasks())}
-    if task_type not in tasks:
-        raise ParamloopError(
-            f"--task-type: unknown task type {task_type!r}; configured: {', '.join(tasks)}"
-        )
+    task = configured_task(found, task_type)
     if candidate not in ("snapshot", "learned", "baseline"):
         raise ParamloopError(
             f"--candidate: must be snapshot, learned or baseline; got {candidate!r}"
         )
-    return tasks[task_type]
+    return task
 
 
 def _num(value: float | None, *, signed: bool = False) -> str:

@@ -25,6 +25,7 @@ from paramloop.errors import ParamloopError
 
 if TYPE_CHECKING:
     from paramloop.engine import TaskConfig
+    from paramloop.server.settings import Deployment
 
 # Tables need ~110 columns; when output is piped (no terminal to measure), use that width.
 console = Console(width=None if sys.stdout.isatty() else 110)
@@ -41,26 +42,36 @@ def reported() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def configured_tasks(config: Path | None) -> dict[str, TaskConfig]:
-    """The task types of ``config`` (TOML), or the simulator's, with the SLO environment applied."""
+def deployment(config: Path | None, db: str | None = None) -> Deployment:
+    """The deployment every operator command works on, read as ``paramloop serve`` reads it.
+
+    The configuration is ``--config``, else ``PARAMLOOP_CONFIG``, else the embedded default
+    (what ``serve`` runs without one, said on stderr); the store is ``--db``, else
+    ``DATABASE_URL``, else the file's ``service.database_url``, else
+    ``sqlite:///paramloop.db`` in the working directory.
+    """
     import os
 
-    from paramloop.engine import load_config
-    from paramloop.engine.config import apply_env
-    from paramloop.sim.tasks import default_tasks
+    from paramloop.server.settings import load_deployment
 
-    tasks = load_config(config) if config else {t.name: t for t in default_tasks()}
-    return apply_env(tasks, os.environ)
+    found = load_deployment(config, database_url=db, env=os.environ)
+    if found.embedded:
+        errors.print(
+            f"note: no --config or PARAMLOOP_CONFIG: the embedded default's task types "
+            f"({', '.join(found.tasks)}), store {found.database_url}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    return found
 
 
-def configured_task(config: Path | None, task_type: str) -> TaskConfig:
+def configured_task(found: Deployment, task_type: str) -> TaskConfig:
     """One configured task type; :class:`~paramloop.errors.UnknownTaskTypeError` names the others."""
     from paramloop.errors import UnknownTaskTypeError
 
-    tasks = configured_tasks(config)
-    if task_type not in tasks:
-        raise UnknownTaskTypeError(task_type, sorted(tasks))
-    return tasks[task_type]
+    if task_type not in found.tasks:
+        raise UnknownTaskTypeError(task_type, sorted(found.tasks))
+    return found.tasks[task_type]
 
 
 def write_json(data: Any) -> None:

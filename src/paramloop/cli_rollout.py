@@ -23,6 +23,7 @@ from rich.table import Table
 from paramloop.cli_common import (
     configured_task,
     console,
+    deployment,
     errors,
     plain,
     reported,
@@ -49,10 +50,20 @@ budget_app = typer.Typer(
     no_args_is_help=True,
 )
 
-Db = Annotated[str, typer.Option(help="The store: sqlite:///path.db or postgresql://…")]
+Db = Annotated[
+    str | None,
+    typer.Option(
+        help="The store: sqlite:///path.db or postgresql://… (default: DATABASE_URL, else the "
+        "configuration's service.database_url, else sqlite:///paramloop.db)."
+    ),
+]
 TaskType = Annotated[str, typer.Option("--task-type", "-t", help="Task type.")]
 Config = Annotated[
-    Path | None, typer.Option(help="TOML task configuration (default: the simulator's).")
+    Path | None,
+    typer.Option(
+        help="The deployment's TOML file, the one paramloop serve reads (default: "
+        "PARAMLOOP_CONFIG, else the embedded default)."
+    ),
 ]
 Actor = Annotated[str, typer.Option(help="Who makes the change (recorded in the audit trail).")]
 Reason = Annotated[str, typer.Option(help="Why (recorded in the audit trail).")]
@@ -60,7 +71,7 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
 @contextmanager
-def _loop(db: str, config: Path | None, task_type: str) -> Iterator[Loop]:
+def _loop(db: str | None, config: Path | None, task_type: str) -> Iterator[Loop]:
     """The loop of one task type whose rollout the store at ``db`` holds (alerts: stored, not sent).
 
     The commands do not start rollouts: the service does, where its configuration
@@ -72,8 +83,9 @@ def _loop(db: str, config: Path | None, task_type: str) -> Iterator[Loop]:
     from paramloop.engine.rollout import STATE_KIND
     from paramloop.store import open_store
 
-    task = configured_task(config, task_type)
-    store = open_store(db)
+    found = deployment(config, db)
+    task = configured_task(found, task_type)
+    store = open_store(found.database_url)
     try:
         if store.get_state(STATE_KIND, task_type) is None:
             raise ParamloopError(
@@ -86,13 +98,14 @@ def _loop(db: str, config: Path | None, task_type: str) -> Iterator[Loop]:
 
 
 @contextmanager
-def _budgets(db: str, config: Path | None, task_type: str) -> Iterator[BudgetManager]:
-    """The budget manager of one task type on the store at ``db``."""
+def _budgets(db: str | None, config: Path | None, task_type: str) -> Iterator[BudgetManager]:
+    """The budget manager of one task type on the deployment's store."""
     from paramloop.engine.budgets import BudgetManager
     from paramloop.store import open_store
 
-    task = configured_task(config, task_type)
-    store = open_store(db)
+    found = deployment(config, db)
+    task = configured_task(found, task_type)
+    store = open_store(found.database_url)
     try:
         yield BudgetManager(store, {task_type: task.budget})
     finally:
@@ -104,7 +117,7 @@ def _budgets(db: str, config: Path | None, task_type: str) -> Iterator[BudgetMan
 
 @rollout_app.command(name="status")
 def rollout_status(
-    task_type: TaskType, db: Db, config: Config = None, as_json: AsJson = False
+    task_type: TaskType, db: Db = None, config: Config = None, as_json: AsJson = False
 ) -> None:
     """Phase, traffic, freezes, SLO verdicts, promotion requirements, confidence, drift."""
     with reported(), _loop(db, config, task_type) as loop:
@@ -116,7 +129,7 @@ def rollout_status(
 
 
 def _act(
-    db: str,
+    db: str | None,
     config: Path | None,
     task_type: str,
     what: str,
@@ -141,7 +154,7 @@ def _act(
 
 @rollout_app.command(name="advance")
 def rollout_advance(
-    task_type: TaskType, db: Db, actor: Actor, reason: Reason, config: Config = None
+    task_type: TaskType, actor: Actor, reason: Reason, db: Db = None, config: Config = None
 ) -> None:
     """Promote to the next phase; refused, listing the failed requirements, unless all hold."""
     _act(
@@ -156,13 +169,13 @@ def rollout_advance(
 @rollout_app.command(name="rollback")
 def rollout_rollback(
     task_type: TaskType,
-    db: Db,
     actor: Actor,
     reason: Reason,
     to: Annotated[
         str | None,
         typer.Option(help="previous (one phase down) or baseline (stop); default: the plan's."),
     ] = None,
+    db: Db = None,
     config: Config = None,
 ) -> None:
     """Roll back now: one phase down or to the baseline; either way the rollout freezes."""
@@ -187,7 +200,7 @@ def _target(to: str | None) -> Literal["previous", "baseline"] | None:
 
 @rollout_app.command(name="pause")
 def rollout_pause(
-    task_type: TaskType, db: Db, actor: Actor, reason: Reason, config: Config = None
+    task_type: TaskType, actor: Actor, reason: Reason, db: Db = None, config: Config = None
 ) -> None:
     """Hold the rollout where it is (traffic unchanged, nothing advances) until resumed."""
     _act(
@@ -201,7 +214,7 @@ def rollout_pause(
 
 @rollout_app.command(name="resume")
 def rollout_resume(
-    task_type: TaskType, db: Db, actor: Actor, reason: Reason, config: Config = None
+    task_type: TaskType, actor: Actor, reason: Reason, db: Db = None, config: Config = None
 ) -> None:
     """Resume the paused phase (its minimum duration starts again)."""
     _act(
@@ -215,7 +228,7 @@ def rollout_resume(
 
 @rollout_app.command(name="restart")
 def rollout_restart(
-    task_type: TaskType, db: Db, actor: Actor, reason: Reason, config: Config = None
+    task_type: TaskType, actor: Actor, reason: Reason, db: Db = None, config: Config = None
 ) -> None:
     """Start again in shadow after a rollback to the baseline."""
     _act(
@@ -229,7 +242,7 @@ def rollout_restart(
 
 @rollout_app.command(name="unfreeze")
 def rollout_unfreeze(
-    task_type: TaskType, db: Db, actor: Actor, reason: Reason, config: Config = None
+    task_type: TaskType, actor: Actor, reason: Reason, db: Db = None, config: Config = None
 ) -> None:
     """Lift a freeze (drift, inconclusive SLOs, a step back) after review."""
     _act(
@@ -244,10 +257,10 @@ def rollout_unfreeze(
 @rollout_app.command(name="traffic")
 def rollout_traffic(
     task_type: TaskType,
-    db: Db,
     percent: Annotated[float, typer.Option(help="Treatment share, within the phase's bounds.")],
     actor: Actor,
     reason: Reason,
+    db: Db = None,
     config: Config = None,
 ) -> None:
     """Set the treatment traffic share within the current phase's bounds."""
@@ -340,7 +353,7 @@ def _interval(interval: Mapping[str, Any] | None) -> str:
 
 @budget_app.command(name="status")
 def budget_status(
-    task_type: TaskType, db: Db, config: Config = None, as_json: AsJson = False
+    task_type: TaskType, db: Db = None, config: Config = None, as_json: AsJson = False
 ) -> None:
     """Today's budget: limits (waiver included), spent, reserved, remaining, level."""
     with reported(), _budgets(db, config, task_type) as budgets:
@@ -374,12 +387,12 @@ def budget_status(
 @budget_app.command(name="waive")
 def budget_waive(
     task_type: TaskType,
-    db: Db,
     percent: Annotated[
         float, typer.Option(help="Raise today's limits by this many percent (up to the maximum).")
     ],
     actor: Annotated[str, typer.Option(help="Who approves the waiver.")],
     reason: Reason,
+    db: Db = None,
     config: Config = None,
 ) -> None:
     """Raise today's limits by a percentage; the waiver is recorded in the audit trail."""
@@ -411,7 +424,8 @@ def _amount(value: float | None, resource: str) -> str:
 
 
 def audit_command(
-    db: Db,
+    db: Db = None,
+    config: Config = None,
     task_type: Annotated[
         str | None, typer.Option("--task-type", "-t", help="Only this task type.")
     ] = None,
@@ -427,7 +441,7 @@ def audit_command(
     from paramloop.store import open_store
 
     with reported():
-        store = open_store(db)
+        store = open_store(deployment(config, db).database_url)
         try:
             records = store.list_provenance(task_type, kind, limit)
         finally:
@@ -500,7 +514,8 @@ def _short(value: object) -> str:
 
 
 def alerts_command(
-    db: Db,
+    db: Db = None,
+    config: Config = None,
     task_type: Annotated[
         str | None, typer.Option("--task-type", "-t", help="Only this task type.")
     ] = None,
@@ -511,7 +526,7 @@ def alerts_command(
     from paramloop.store import open_store
 
     with reported():
-        store = open_store(db)
+        store = open_store(deployment(config, db).database_url)
         try:
             alerts = store.list_alerts(task_type, limit=limit)
         finally:
