@@ -248,3 +248,29 @@ def test_a_bad_key_is_named_with_what_is_allowed(
     result = run("audit", "--config", str(path), cwd=tmp_path)
     assert result.returncode == 2
     assert where in said(result) and allowed in said(result)
+
+
+# -- one constructor for the whole loop ---------------------------------------------------
+
+
+def test_build_loop_is_the_public_constructor_and_starts_in_shadow() -> None:
+    import paramloop
+    from paramloop import Outcome, Params, build_loop, task
+    from paramloop.store.memory import MemoryDecisionLog
+
+    summarize = task(
+        "summarize",
+        baseline=Params("gpt-small", temperature=0.3, max_tokens=256),
+        grids={"temperature": [0.1, 0.3, 0.5], "max_tokens": [128, 256]},
+        undeclared="hash",
+    )
+    loop = build_loop([summarize], MemoryDecisionLog())
+    assert "build_loop" in paramloop.__all__
+    decision = loop.recommend("summarize", {"risk_tier": "low"})
+    assert (decision.phase, decision.origin) == ("shadow", "baseline")
+    assert (decision.params.temperature, decision.params.max_tokens) == (0.3, 256)
+    assert decision.intended_arm is not None  # the policy's choice, logged
+    recorded = loop.record_outcome(decision.request_id, Outcome(quality=0.9))
+    assert recorded.reward is not None
+    assert loop.rollout.state("summarize").phase == "shadow"
+    loop.close()

@@ -1,7 +1,8 @@
 """paramloop: tune the parameters of LLM calls while they run.
 
 The library surface: build task configurations (:func:`task`, :func:`load_config`),
-an :class:`Optimizer` over a store, then ``recommend`` and ``record_outcome``.
+the whole loop over a store with :func:`build_loop` (every rollout starts in shadow),
+then ``recommend`` and ``record_outcome``.
 Importing paramloop imports no web framework and no database driver.
 """
 
@@ -19,6 +20,7 @@ from paramloop.core.reward import RewardFunction
 from paramloop.core.space import ModelRule, ParameterSpace, TrustRegion
 from paramloop.engine import ArmDistribution, Optimizer, TaskConfig, load_config, task
 from paramloop.engine.importers import ExternalRow, dsjson_rows, import_rows, obp_rows
+from paramloop.engine.loop import Loop, build_loop
 from paramloop.errors import ParamloopError
 from paramloop.types import Decision, Outcome, Params, RecordedOutcome
 
@@ -33,6 +35,7 @@ __all__ = [
     "ExternalRow",
     "Feature",
     "Featurizer",
+    "Loop",
     "ModelRule",
     "NumericFeature",
     "Optimizer",
@@ -45,6 +48,7 @@ __all__ = [
     "TaskConfig",
     "TrustRegion",
     "__version__",
+    "build_loop",
     "dsjson_rows",
     "fingerprint",
     "import_rows",

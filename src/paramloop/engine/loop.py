@@ -1,10 +1,15 @@
 """Assemble the whole loop for a service or a command: optimizer, rollout guardrails, budgets, alerts.
 
-:func:`build_loop` is the one place that wires them together, so that the HTTP
-service, the CLI and library users get the same behaviour: the optimizer routes
-every request through the rollout controller (phase, split, drift freeze) and
-the budget manager (infeasible arms, reservations), budget levels raise alerts,
-and every production change lands in the audit trail.
+:func:`build_loop` is the public constructor of paramloop, and the one place that
+wires the pieces together, so that library users, the HTTP service and the CLI get
+the same behaviour and the same safe default: a task type's rollout starts in
+**shadow** (the baseline serves, the policy's choice is only logged) until the
+gates pass and the rollout advances; the optimizer routes every request through
+the rollout controller (phase, split, drift freeze) and the budget manager
+(infeasible arms, reservations), budget levels raise alerts, and every production
+change lands in the audit trail.  A bare :class:`~paramloop.engine.Optimizer` is
+the learner alone, without these guardrails (every request is treatment): the
+simulator and the benchmarks use it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from paramloop.engine.config import TaskConfig
 from paramloop.engine.optimizer import Optimizer, SpendCap
 from paramloop.engine.rollout import RolloutController
 from paramloop.store.base import Store
+from paramloop.types import Decision, Outcome, RecordedOutcome
 
 
 @dataclass
@@ -34,7 +40,26 @@ class Loop:
     budgets: BudgetManager
     alerts: AlertManager
 
+    def recommend(
+        self,
+        task_type: str,
+        context: Mapping[str, object],
+        *,
+        request_id: str | None = None,
+        seed: int | None = None,
+        unit_id: str | None = None,
+    ) -> Decision:
+        """:meth:`Optimizer.recommend <paramloop.engine.Optimizer.recommend>`, guardrails included."""
+        return self.optimizer.recommend(
+            task_type, context, request_id=request_id, seed=seed, unit_id=unit_id
+        )
+
+    def record_outcome(self, request_id: str, outcome: Outcome) -> RecordedOutcome:
+        """:meth:`Optimizer.record_outcome <paramloop.engine.Optimizer.record_outcome>`."""
+        return self.optimizer.record_outcome(request_id, outcome)
+
     def close(self) -> None:
+        """Snapshot the policies and close the store."""
         self.optimizer.close()
 
 
@@ -49,11 +74,13 @@ def build_loop(
     restore: bool = True,
     initial: Mapping[str, tuple[Phase, float]] | None = None,
 ) -> Loop:
-    """Build the optimizer with its rollout controller, budget manager and alerts on ``store``.
+    """The whole loop on ``store``: the optimizer with its rollout controller, budget manager
+    and alerts (to ``sinks``; default the log).
 
     ``initial`` sets where a task type's rollout starts when the store has none yet
-    (phase and treatment traffic %; default shadow): a deployment's configuration
+    (phase and treatment traffic %; default **shadow**): a deployment's configuration
     (``LLM_OPTIMIZATION_MODE``), recorded in the audit trail with actor ``config``.
+    A rollout the store already holds keeps its phase.
     """
     tasks = dict(configs) if isinstance(configs, Mapping) else {c.name: c for c in configs}
     alerts = AlertManager(store, sinks=sinks, cooldown_s=alert_cooldown_s, clock=clock)

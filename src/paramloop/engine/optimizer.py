@@ -128,6 +128,10 @@ class _TaskState:
 class Optimizer:
     """Recommends parameters per request and learns from their outcomes.
 
+    This is the learner; the whole loop, with the rollout guardrails (a new task
+    type starts in shadow), budgets and alerts, is :func:`paramloop.build_loop`.
+    Without a ``rollout`` controller every request gets the policy's choice.
+
     ``store`` defaults to an in-memory log; pass a SQLite or PostgreSQL store
     for durability.  On start the latest policy snapshot of each task type is
     restored and the outcomes logged after it are replayed, so an acknowledged
