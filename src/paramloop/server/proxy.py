@@ -11,6 +11,12 @@ only moves bytes, times the call and reads the usage.  When paramloop itself
 fails, the caller's request goes upstream as it was sent (fail-open, counted);
 upstream errors and timeouts come back with the upstream's status (502/504
 when there is none) and count as error outcomes.
+
+What the upstream tells its caller reaches the caller: its rate-limit headers,
+``Retry-After`` and request id (:data:`PASSED_HEADERS`), so SDK backoff works
+through the proxy; the proxy's own errors carry an OpenAI-style ``code``.  The
+other ``/v1`` endpoints (embeddings, completions, responses, …) go straight
+through to the upstream of the body's ``model``: nothing is decided or logged.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ REQUEST_ID_HEADER = "x-paramloop-request-id"
 META_TASK = "paramloop_task_type"
 META_CONTEXT = "paramloop_context"
 META_UNIT = "paramloop_unit_id"
+#: Upstream answer headers the caller gets (names, or prefixes ending in "-").
+PASSED_HEADERS = ("x-request-id", "retry-after", "retry-after-ms", "x-ratelimit-", "openai-")
+#: Request headers a passed-through call takes upstream (the key is the upstream's own).
+_FORWARDED_REQUEST_HEADERS = ("content-type", "accept", "openai-beta", "openai-organization")
 
 
 class ChatCompletionBody(BaseModel):
@@ -133,6 +143,21 @@ def register(read: Routes, write: Routes, state: AppState) -> None:
             state, plan, streaming=bool(sent.get("stream")), caller_usage=_wants_usage(sent)
         )
 
+    async def pass_through(request: Request) -> Response:
+        """Any other ``/v1`` call (embeddings, completions, responses, …), forwarded as sent
+        to the upstream of its ``model`` (else ``"*"``); the upstream's answer comes back."""
+        return await _pass_through(state, request)
+
+    # Registered last: paramloop's own /v1 routes match first.
+    for method in ("GET", "POST", "DELETE"):
+        write.add_api_route(
+            "/v1/{path:path}",
+            pass_through,
+            methods=[method],
+            tags=["proxy"],
+            operation_id=f"pass_through_{method.lower()}",
+        )
+
 
 def _task_and_context(
     body: dict[str, Any], headers: Mapping[str, str], default_task_type: str | None
@@ -213,8 +238,8 @@ def _fail_open(
     return ProxyPlan(request_id, task_type, body, "fail_open")
 
 
-def _error(status: int, message: str, kind: str, headers: dict[str, str]) -> Response:
-    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+def _error(status: int, message: str, kind: str, headers: Mapping[str, str], code: str) -> Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
@@ -228,7 +253,11 @@ async def _forward(
     if upstream is None:
         await _finish(state, plan, 0.0, None, error=True)
         return _error(
-            502, f"no upstream is configured for model {plan.model!r}", "upstream_error", headers
+            502,
+            f"no upstream is configured for model {plan.model!r}",
+            "upstream_error",
+            headers,
+            "no_upstream",
         )
     body = dict(plan.body)
     if streaming and not caller_usage:
@@ -248,7 +277,12 @@ async def _forward(
         response = await state.http.send(request, stream=streaming)
     except httpx.TimeoutException as exc:
         return await _unreachable(
-            state, plan, start, 504, f"the upstream timed out ({type(exc).__name__})", headers
+            state,
+            plan,
+            start,
+            504,
+            f"the upstream timed out ({type(exc).__name__})",
+            headers,
         )
     except httpx.HTTPError as exc:
         return await _unreachable(
@@ -259,6 +293,7 @@ async def _forward(
             f"the upstream is unreachable ({type(exc).__name__}: {exc})",
             headers,
         )
+    headers.update(passed_headers(response.headers))
     media = response.headers.get("content-type", "application/json")
     if not streaming or response.status_code >= 400:
         content = await response.aread() if streaming else response.content
@@ -279,6 +314,7 @@ async def _forward(
                 f"({_preview(content)})",
                 "upstream_error",
                 headers,
+                "invalid_upstream_response",
             )
         usage = completion.get("usage") if isinstance(completion, dict) else None
         state.metrics.upstream.labels(plan.model, str(status)).observe(elapsed)
@@ -290,7 +326,8 @@ async def _forward(
         _relay(state, plan, response, start, caller_usage),
         status_code=response.status_code,
         media_type="text/event-stream",
-        headers={**headers, "Cache-Control": "no-cache"},
+        # No buffering on the way (nginx and the like honour X-Accel-Buffering).
+        headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
@@ -308,7 +345,8 @@ async def _unreachable(
     ).observe(elapsed)
     state.metrics.errors.labels("upstream").inc()
     await _finish(state, plan, elapsed * 1000, None, error=True)
-    return _error(status, message, "upstream_error", headers)
+    code = "upstream_unreachable" if status == 502 else "upstream_timeout"
+    return _error(status, message, "upstream_error", headers, code)
 
 
 async def _relay(
@@ -403,6 +441,72 @@ async def _finish(
         state.news()
         metrics.outcomes.labels(recorded.task_type, recorded.source).inc()
         metrics.rewards.labels(recorded.task_type).observe(recorded.reward)
+
+
+def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The upstream answer's headers the caller gets (:data:`PASSED_HEADERS`)."""
+    return {
+        name: value
+        for name, value in upstream.items()
+        if any(
+            name.lower().startswith(p) if p.endswith("-") else name.lower() == p
+            for p in PASSED_HEADERS
+        )
+    }
+
+
+async def _pass_through(state: AppState, request: Request) -> Response:
+    """Forward a ``/v1`` call paramloop does not handle to the upstream of its ``model``."""
+    raw = await request.body()
+    body = _json(raw) if raw else None
+    model = body.get("model") if isinstance(body, dict) else None
+    upstream = state.settings.upstream_for(model if isinstance(model, str) else ANY_MODEL)
+    if upstream is None:
+        return _error(
+            502,
+            f"no upstream is configured for {'model ' + repr(model) if model else 'this call'}",
+            "upstream_error",
+            {},
+            "no_upstream",
+        )
+    outgoing = {k: v for k, v in request.headers.items() if k in _FORWARDED_REQUEST_HEADERS}
+    if upstream.api_key:
+        outgoing["authorization"] = f"Bearer {upstream.api_key}"
+    # The path as the caller encoded it (a decoded one may hold characters a URL cannot).
+    path = request.scope.get("raw_path", request.url.path.encode()).decode("ascii", "replace")
+    query = request.url.query
+    target = f"{upstream.base_url}{path.removeprefix('/v1')}" + (f"?{query}" if query else "")
+    try:
+        forwarded = state.http.build_request(
+            request.method, target, content=raw, headers=outgoing, timeout=upstream.timeout_s
+        )
+    except httpx.InvalidURL as exc:
+        raise InputError("path", f"cannot be forwarded: {exc}") from None
+    try:
+        response = await state.http.send(forwarded, stream=True)
+    except httpx.TimeoutException as exc:
+        message = f"the upstream timed out ({type(exc).__name__})"
+        return _error(504, message, "upstream_error", {}, "upstream_timeout")
+    except httpx.HTTPError as exc:
+        message = f"the upstream is unreachable ({type(exc).__name__}: {exc})"
+        return _error(502, message, "upstream_error", {}, "upstream_unreachable")
+    state.metrics.proxied.labels("*", "pass_through").inc()
+    headers = passed_headers(response.headers)
+    media = response.headers.get("content-type")
+    if media is not None and media.startswith("text/event-stream"):
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in response.aiter_bytes():  # decoded: no content-encoding is passed
+                yield chunk
+        finally:
+            with anyio.CancelScope(shield=True):
+                await response.aclose()
+
+    return StreamingResponse(
+        relay(), status_code=response.status_code, media_type=media, headers=headers
+    )
 
 
 def _dumps(body: Mapping[str, Any]) -> bytes:
