@@ -341,11 +341,13 @@ def test_the_service_keeps_every_acknowledged_row_through_a_store_outage(
     ):
         time.sleep(1.5)
         outages = []
-        for fault in ("freeze", "cut"):
+        # A frozen store (packets dropped) for 6 s; a stopped one (connections cut) for the
+        # 30 s the issue names, so the spool holds ~30 s of traffic and replays it.
+        for fault, seconds in (("freeze", 6), ("cut", 30)):
             start = time.monotonic()
             getattr(link, fault)()
             health = []
-            while time.monotonic() - start < 6:
+            while time.monotonic() - start < seconds:
                 health.append(answer_time(f"{base}/health/live"))
                 time.sleep(0.2)
             ready = http.get("/health/ready").json()
