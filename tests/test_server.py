@@ -85,6 +85,8 @@ class Upstream:
         self.received: list[dict[str, Any]] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not request.url.path.endswith("/chat/completions"):  # a passed-through /v1 call
+            return httpx.Response(200, json={"object": "echo", "path": request.url.path})
         body = json.loads(request.content)
         self.received.append(body)
         prompt = body["messages"][-1].get("content")
@@ -330,10 +332,20 @@ ROUTES: list[tuple[str, str, str, Any]] = [
     ("read", "GET", "/api/optimization/rollout-status", None),
     ("read", "GET", "/api/optimization/compliance-status", None),
     ("read", "GET", "/api/optimization/alerts", None),
+    ("read", "GET", "/api/optimization/health", None),
+    ("read", "GET", "/api/optimization/rollback-status", None),
+    ("read", "GET", "/api/optimization/performance", None),
+    ("read", "GET", "/api/optimization/caws-status", None),
     ("write", "POST", "/v1/recommend", {"task_type": "qa"}),
     ("write", "POST", "/v1/outcomes", {"request_id": "x", "outcome": {}}),
     ("write", "POST", "/v1/feedback", {"request_id": "x", "quality": 1}),
     ("write", "POST", "/v1/chat/completions", {"model": "m", "messages": MESSAGES}),
+    ("write", "POST", "/v1/embeddings", {"model": "m", "input": "hi"}),
+    ("write", "GET", "/v1/files", None),
+    ("write", "POST", "/api/optimization/recommend", {"task_type": "qa"}),
+    ("write", "POST", "/api/optimization/record-outcome", {"request_id": "x", "outcome": {}}),
+    ("admin", "GET", "/api/optimization/security-status", None),
+    ("admin", "POST", "/api/optimization/test-shadow", {"task_type": "qa"}),
     ("admin", "POST", "/api/optimization/approvals", {"report_id": 1, "reason": "ok"}),
     *[
         ("admin", "POST", f"/api/optimization/{action}", {"task_type": "qa", "reason": "r"})

@@ -98,7 +98,11 @@ class Harness:
         )
 
     def get(self, path: str) -> Reply:
-        return self.client.get(path, headers={"Authorization": f"Bearer {KEYS['read']}"})
+        return self.get_as(path, "read")
+
+    def get_as(self, path: str, role: str) -> Reply:
+        """``GET path`` with the key of ``role``."""
+        return self.client.get(path, headers={"Authorization": f"Bearer {KEYS[role]}"})
 
     def act(self, action: str, task_type: str = "qa", **fields: Any) -> Reply:
         body = {"task_type": task_type, "reason": f"{action} for the test", **fields}
@@ -340,6 +344,15 @@ def test_an_slo_breach_rolls_back_and_leaves_its_trail(make: Make) -> None:
     assert 'paramloop_alerts_total{kind="rollback",severity="critical",task_type="qa"} 1.0' in text
     assert h.recommend("user-1")["origin"] == "baseline"  # everyone gets the baseline now
 
+    # What the runbooks read after an automatic rollback.
+    (status,) = h.get(f"{API}/rollback-status?task_type=qa").json()["tasks"]
+    assert status["rolled_back"] is True and status["previous_phase"] == "guarded"
+    assert status["last_rollback"]["actor"] == "rule:slo" and len(status["rollbacks"]) == 1
+    assert "error_rate_max" in status["frozen"]
+    health = h.get(f"{API}/health")
+    assert health.status_code == 200 and health.json()["ready"] is True
+    assert health.json()["attention"] == ["qa"] and health.json()["critical_alerts_last_hour"] == 1
+
     assert h.act("restart").status_code == 200
     assert h.rollout()["phase"] == "shadow"
     assert h.audit("phase_change")[0]["actor"] == "admin-bot"
@@ -543,3 +556,98 @@ def test_settings_map_the_mode_and_the_service_limits_onto_every_task_type() -> 
         assert budget is not None and budget.cost_per_day == 5.0
     assert configs["qa"].budget is not None and configs["qa"].budget.tokens_per_day == 100_000
     assert configs["qa"].rollout.slo.min_samples == 5  # the task type's own, untouched
+
+
+# -- the runbooks' endpoints ----------------------------------------------------------------
+
+
+def test_the_decision_routes_answer_under_the_runbooks_paths_too(make: Make) -> None:
+    h = make()
+    response = h.post(f"{API}/recommend", {"task_type": "qa", "request_id": "alias-1"}, "write")
+    assert response.status_code == 200, response.text
+    assert response.json()["request_id"] == "alias-1"
+    outcome = {"request_id": "alias-1", "outcome": {"quality": 0.8}}
+    recorded = h.post(f"{API}/record-outcome", outcome, "write")
+    assert recorded.status_code == 200, recorded.text
+    stored = h.store.get_outcome("alias-1")
+    assert stored is not None and stored.outcome.quality == 0.8
+    assert_error(
+        h.post(f"{API}/record-outcome", {"request_id": "ghost", "outcome": {}}, "write"), 404
+    )
+
+
+def test_performance_compares_treatment_with_control_over_the_window(make: Make) -> None:
+    h = make(mode="guarded", traffic_percentage=50)
+    groups = {"treatment": 0, "control": 0}
+    for i in range(40):
+        decision = h.recommend(f"user-{i}")
+        treated = decision["origin"].startswith("bandit:")
+        groups["treatment" if treated else "control"] += 1
+        outcome = {"latency_ms": 100, "quality": 0.9 if treated else 0.7, "cost": 0.002}
+        body = {"request_id": decision["request_id"], "outcome": outcome}
+        assert h.post("/v1/outcomes", body, "write").status_code == 200
+    assert min(groups.values()) > 0
+    (perf,) = h.get(f"{API}/performance?task_type=qa").json()["tasks"]
+    assert (perf["phase"], perf["traffic_percent"], perf["decisions_logged"]) == ("guarded", 50, 40)
+    assert (
+        perf["treatment"]["n"] == groups["treatment"] and perf["control"]["n"] == groups["control"]
+    )
+    assert perf["difference"]["quality_mean"] == pytest.approx(0.2)
+    assert perf["difference"]["error_rate"] == 0.0
+    assert perf["difference"]["cost_per_request"] == pytest.approx(0.0)
+
+
+def test_caws_and_security_status_say_what_is_in_force_and_never_a_digest(make: Make) -> None:
+    h = make()
+    assert h.act("budget-waiver", percent=10).status_code == 200
+    caws = h.get(f"{API}/caws-status").json()
+    assert caws["enabled"] is True
+    by_task = {row["task_type"]: row for row in caws["tasks"]}
+    assert by_task["qa"]["waiver_percent"] == 10 and by_task["qa"]["max_waiver_percent"] == 20
+    assert [w["actor"] for w in by_task["qa"]["waivers"]] == ["admin-bot"]
+    assert by_task["chat"]["budget"] is False and by_task["chat"]["waivers"] == []
+
+    security = h.get_as(f"{API}/security-status", "admin")
+    assert security.status_code == 200, security.text
+    body = security.json()
+    assert body["auth"] == "api_keys" and body["keys_by_role"] == {
+        "read": 1,
+        "write": 1,
+        "admin": 1,
+    }
+    assert {"name": "read-bot", "role": "read"} in body["keys"]
+    for key in KEYS.values():
+        assert hashlib.sha256(key.encode()).hexdigest() not in security.text
+    assert h.get(f"{API}/security-status").status_code == 403  # the keys are an admin's business
+
+
+def test_test_shadow_replays_recent_traffic_through_the_candidate_without_side_effects(
+    make: Make,
+) -> None:
+    """In shadow every request was served the baseline; the candidate's own distribution
+    (not the shadow split, which gives the baseline all of it) is what is compared."""
+    h = make()
+    assert h.rollout()["phase"] == "shadow"
+    served = [h.recommend(f"user-{i}") for i in range(30)]
+    baseline = {d["arm"] for d in served}
+    assert len(baseline) == 1  # the baseline, every time
+    decisions_before = h.store.count_decisions("qa")
+    response = h.post(f"{API}/test-shadow", {"task_type": "qa", "sample": 20})
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert (report["sampled"], report["compared"], report["skipped"]) == (20, 20, 0)
+    assert report["served"] == [
+        {"arm": served[0]["arm"], "params": served[0]["params"], "count": 20}
+    ]
+    preferred = {row["arm"]: row["count"] for row in report["candidate_prefers"]}
+    assert sum(preferred.values()) == 20
+    assert report["agreement"] == preferred.get(served[0]["arm"], 0) / 20
+    # The candidate explores (a floor on every arm): it never gives the baseline all of it.
+    assert 0.0 < report["expected_agreement"] < 1.0
+    assert h.store.count_decisions("qa") == decisions_before  # nothing logged
+
+    nothing = h.post(f"{API}/test-shadow", {"task_type": "chat"}).json()
+    assert (nothing["sampled"], nothing["agreement"]) == (0, None)
+    assert_error(h.post(f"{API}/test-shadow", {"task_type": "qa", "sample": 0}), 422, "sample")
+    assert_error(h.post(f"{API}/test-shadow", {"task_type": "nope"}), 404, "nope")
+    assert h.post(f"{API}/test-shadow", {"task_type": "qa"}, "write").status_code == 403

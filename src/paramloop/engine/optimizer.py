@@ -296,6 +296,7 @@ class Optimizer:
         request_id: str | None = None,
         seed: int | None = None,
         unit_id: str | None = None,
+        rollout_split: bool = True,
     ) -> ArmDistribution:
         """The distribution the next decision for this context would be drawn from; no side effects.
 
@@ -305,6 +306,8 @@ class Optimizer:
         distribution's probability of its arm.  Monte Carlo policies (Thompson
         sampling) draw with a generator seeded from ``seed`` or ``request_id``, as
         :meth:`recommend` does; give the same one to get the same numbers.
+        With ``rollout_split=False``, the policy's own distribution (what it would
+        serve at 100 % treatment: the candidate a shadow test compares).
         """
         state = self._state(task_type)
         config = state.config
@@ -313,7 +316,7 @@ class Optimizer:
         _, choice, _, _ = self._choose(state, features, x, fp, key)
         assert choice.arms is not None and choice.weights is not None
         probs = choice.weights / choice.weights.sum()
-        if self.rollout is not None:
+        if self.rollout is not None and rollout_split:
             route = self.rollout.route(task_type, unit_id or request_id or "")
             if route.share < 1.0:
                 baseline = choice.arms == config.space.baseline_arm

@@ -359,7 +359,9 @@ def environment_tracer() -> object | None:
 def _decision_routes(write: Routes, state: AppState) -> None:
     service, metrics = state.service, state.metrics
 
+    # The deployment guide's runbooks call the decision routes under /api/optimization too.
     @write.post("/v1/recommend", tags=["decisions"], response_model=DecisionBody)
+    @write.post("/api/optimization/recommend", tags=["decisions"], response_model=DecisionBody)
     async def recommend(body: RecommendRequest, request: Request) -> Response:
         """Choose the parameters of one call; log the decision with its exact propensity.
 
@@ -388,6 +390,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
         return Response(orjson.dumps(decision_json(decision)), media_type="application/json")
 
     @write.post("/v1/outcomes", tags=["decisions"])
+    @write.post("/api/optimization/record-outcome", tags=["decisions"])
     async def outcomes(
         body: OutcomeItem | OutcomeBatch, request: Request
     ) -> RecordedBody | RecordedBatch:

@@ -55,7 +55,7 @@ CLIENT_NAME = "paramloop-rate-limits"
 #: How long a request waits for the counters' store before it is let through.
 STORE_TIMEOUT_S = 0.25
 #: Write routes that are never refused: reports of calls that already happened.
-REPORTS = frozenset({"/v1/outcomes", "/v1/feedback"})
+REPORTS = frozenset({"/v1/outcomes", "/v1/feedback", "/api/optimization/record-outcome"})
 
 
 class ThrottledError(Exception):

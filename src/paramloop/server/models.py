@@ -187,6 +187,17 @@ class TrafficRequest(RolloutAction):
     percent: float = Field(ge=0, le=100)
 
 
+class ShadowTestRequest(_Body):
+    """``test-shadow``: replay up to ``sample`` recent decisions of a task type through the
+    candidate policy (no side effects) and report how often it agrees with what was served."""
+
+    task_type: str = TaskType
+    sample: int = Field(default=500, ge=1, le=10_000)
+    window_s: float = Field(
+        default=86_400.0, gt=0, le=30 * 86_400, description="How far back to look (seconds)."
+    )
+
+
 class WaiverRequest(RolloutAction):
     """``budget-waiver``: raise today's limits by ``percent`` (at most the task's threshold)."""
 

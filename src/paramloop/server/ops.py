@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from paramloop.server.auth import Routes
     from paramloop.store.base import Store
 
-_PREFIX = "/api/optimization"
+PREFIX = "/api/optimization"
 #: The longest a health check waits for the store or the spool.
 HEALTH_BUDGET_S = 0.1
 _DAY_S = 86_400.0
@@ -182,7 +182,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             "budget": dict(settings.budget),
         }
 
-    @read.get(f"{_PREFIX}/status", tags=["operations"])
+    @read.get(f"{PREFIX}/status", tags=["operations"])
     async def status() -> dict[str, Any]:
         """The service: mode, traffic share, store, loop counters, task types, SLO and budget settings."""
         return await state.run(status_body)
@@ -210,12 +210,12 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             )
         return {"tasks": rows, "errors": _by_label(metrics, "paramloop_errors", None).get(None, {})}
 
-    @read.get(f"{_PREFIX}/metrics", tags=["operations"])
+    @read.get(f"{PREFIX}/metrics", tags=["operations"])
     async def metrics_json(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """Per task type: decisions, recent rewards, proxied requests by mode, tokens and cost."""
         return await state.run(metrics_body, task_type)
 
-    @read.get(f"{_PREFIX}/dashboard", tags=["operations"])
+    @read.get(f"{PREFIX}/dashboard", tags=["operations"])
     async def dashboard(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """Everything the dashboard draws, in one document."""
 
@@ -234,12 +234,12 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
         return json_safe(await state.run(build))
 
-    @read.get(f"{_PREFIX}/baseline-parameters", tags=["operations"])
+    @read.get(f"{PREFIX}/baseline-parameters", tags=["operations"])
     async def baseline_parameters(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """The baseline of each task type (what is served when paramloop is off) and its trust region."""
         return {"tasks": [_baseline(optimizer, n) for n in task_types(task_type)]}
 
-    @read.get(f"{_PREFIX}/logs", tags=["operations"])
+    @read.get(f"{PREFIX}/logs", tags=["operations"])
     async def logs(
         task_type: Annotated[str, Query(max_length=200)],
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -251,7 +251,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             "decisions": served_rows(service.activity, task_type, limit),
         }
 
-    @read.get(f"{_PREFIX}/db-status", tags=["operations"])
+    @read.get(f"{PREFIX}/db-status", tags=["operations"])
     async def db_status() -> dict[str, Any]:
         """The store: backend, location (no password), reachability, schema revision, row counts."""
 
@@ -282,7 +282,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
         return await state.run(build)
 
-    @read.get(f"{_PREFIX}/audit-logs", tags=["operations"])
+    @read.get(f"{PREFIX}/audit-logs", tags=["operations"])
     async def audit_logs(
         task_type: TaskTypeQuery = None,
         kind: Annotated[str | None, Query(max_length=200)] = None,
@@ -306,12 +306,12 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             ]
         }
 
-    @read.get(f"{_PREFIX}/convergence", tags=["operations"])
+    @read.get(f"{PREFIX}/convergence", tags=["operations"])
     async def convergence_route(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """Is each policy settling? Top-arm share and rewards of the recent decisions of this process."""
         return {"tasks": convergence(service.activity, task_types(task_type))}
 
-    @read.get(f"{_PREFIX}/parameter-evolution", tags=["operations"])
+    @read.get(f"{PREFIX}/parameter-evolution", tags=["operations"])
     async def parameter_evolution_route(
         task_type: Annotated[str, Query(max_length=200)],
         buckets: Annotated[int, Query(ge=1, le=200)] = 20,
@@ -323,7 +323,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             "buckets": parameter_evolution(service.activity, task_type, buckets),
         }
 
-    @admin.post(f"{_PREFIX}/approvals", tags=["operations"], status_code=201)
+    @admin.post(f"{PREFIX}/approvals", tags=["operations"], status_code=201)
     async def approve(body: ApprovalRequest, request: Request) -> dict[str, Any]:
         """Approve a passed gate report; the caller's key name is the actor in the audit record."""
         from paramloop.engine.gates import approve as approve_report
@@ -339,7 +339,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
             "actor": record.actor,
         }
 
-    @read.get(f"{_PREFIX}/rollout-status", tags=["rollout"])
+    @read.get(f"{PREFIX}/rollout-status", tags=["rollout"])
     async def rollout_status(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """Per task type: phase, traffic, freezes, SLOs, windows, promotion requirements, drift."""
 
@@ -348,7 +348,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
         return await state.run(build)
 
-    @read.get(f"{_PREFIX}/slo-status", tags=["rollout"])
+    @read.get(f"{PREFIX}/slo-status", tags=["rollout"])
     async def slo_status(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """Per task type: the SLO verdict of the phase, each rule's figures, and the windows."""
 
@@ -370,7 +370,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
         return await state.run(build)
 
-    @read.get(f"{_PREFIX}/compliance-status", tags=["rollout"])
+    @read.get(f"{PREFIX}/compliance-status", tags=["rollout"])
     async def compliance_status(task_type: TaskTypeQuery = None) -> dict[str, Any]:
         """Budgets of today, hard-constraint breaches and alerts of the last 24 hours."""
 
@@ -408,7 +408,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
 
         return await state.run(build)
 
-    @read.get(f"{_PREFIX}/alerts", tags=["rollout"])
+    @read.get(f"{PREFIX}/alerts", tags=["rollout"])
     async def alerts(
         task_type: TaskTypeQuery = None,
         since: Annotated[float | None, Query(ge=0, description="Epoch seconds.")] = None,
@@ -447,10 +447,10 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
         ),
     ):
         admin.add_api_route(
-            f"{_PREFIX}/{name}", action(change, doc), methods=["POST"], tags=["rollout"]
+            f"{PREFIX}/{name}", action(change, doc), methods=["POST"], tags=["rollout"]
         )
 
-    @admin.post(f"{_PREFIX}/rollback", tags=["rollout"])
+    @admin.post(f"{PREFIX}/rollback", tags=["rollout"])
     async def rollback(body: RollbackRequest, request: Request) -> dict[str, Any]:
         """Roll back now: one phase down (``previous``) or to baseline-only (default: the plan's)."""
         principal: Principal = request.state.principal
@@ -459,7 +459,7 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
         )
         return {"task_type": body.task_type, "state": new.to_dict()}
 
-    @admin.post(f"{_PREFIX}/traffic", tags=["rollout"])
+    @admin.post(f"{PREFIX}/traffic", tags=["rollout"])
     async def traffic(body: TrafficRequest, request: Request) -> dict[str, Any]:
         """Set the treatment share within the current phase's bounds (422 outside them)."""
         principal: Principal = request.state.principal
@@ -472,7 +472,11 @@ def register(public: Routes, read: Routes, admin: Routes, state: AppState) -> No
         )
         return {"task_type": body.task_type, "state": new.to_dict()}
 
-    @admin.post(f"{_PREFIX}/budget-waiver", tags=["rollout"])
+    from paramloop.server import runbook  # imports this module's helpers
+
+    runbook.register(read, admin, state, readiness=readiness, summary=rollout_summary)
+
+    @admin.post(f"{PREFIX}/budget-waiver", tags=["rollout"])
     async def budget_waiver(body: WaiverRequest, request: Request) -> dict[str, Any]:
         """Raise today's budget limits by ``percent`` (at most the task type's threshold: 422)."""
         principal: Principal = request.state.principal
