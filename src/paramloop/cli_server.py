@@ -102,15 +102,17 @@ def serve_command(
                 "each worker would have a store of its own in memory; give a database "
                 "(DATABASE_URL) to share, or serve with one worker",
             )
-        local: str | None = None
+        local: str | None = None  # why the local model is not the upstream, when it should be
+        local_url: str | None = None
         if settings.embedded and not settings.upstreams:
             local = local_model_problem()
             if local is None:
-                url = start_local_upstream()
-                settings = replace(settings, upstreams={ANY_MODEL: Upstream(url, timeout_s=120)})
-                os.environ["PARAMLOOP_UPSTREAM_BASE_URL"] = url  # for the workers, if several
+                local_url = start_local_upstream()
+                upstream = Upstream(local_url, timeout_s=120)
+                settings = replace(settings, upstreams={ANY_MODEL: upstream})
+                os.environ["PARAMLOOP_UPSTREAM_BASE_URL"] = local_url  # for the workers, if several
         log = logging.getLogger("paramloop.serve")
-        for line in _startup_lines(settings, local):
+        for line in _startup_lines(settings, local, local_url):
             log.info(line)
         if workers == 1:
             app: Any = create_app(settings, tracer=environment_tracer())
@@ -136,7 +138,9 @@ def serve_command(
     )
 
 
-def _startup_lines(settings: Settings, local_problem: str | None) -> list[str]:
+def _startup_lines(
+    settings: Settings, local_problem: str | None, local_url: str | None
+) -> list[str]:
     """What ``paramloop serve`` says first: where its configuration, store, task types,
     auth and upstreams come from, and what a newcomer does next."""
     from paramloop.server.settings import EMBEDDED_FILE
@@ -168,7 +172,11 @@ def _startup_lines(settings: Settings, local_problem: str | None) -> list[str]:
     )
     if settings.upstreams:
         for model, upstream in settings.upstreams.items():
-            what = "the local model (SmolLM2-135M-Instruct)" if settings.embedded else "upstream"
+            what = (
+                "the local model (SmolLM2-135M-Instruct, in this process)"
+                if upstream.base_url == local_url
+                else "upstream"
+            )
             lines.append(
                 f"upstream for {'every model' if model == '*' else model}: {what} at {upstream.base_url}"
             )
