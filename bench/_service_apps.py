@@ -33,6 +33,9 @@ def paramloop_app() -> FastAPI:
     config: dict[str, Any] = {
         "tasks": {"bench": TASK},
         "service": {
+            # The whole loop: every decision the policy's (the default, shadow, serves the
+            # baseline and only logs the policy's choice).
+            "mode": "general",
             "database_url": os.environ.get("BENCH_DATABASE_URL")
             or f"sqlite:///{os.environ['BENCH_DB']}",
             "api_keys": [

@@ -48,6 +48,7 @@ default_reward = 0.0
 [service]
 database_url = "{database_url}"
 log_level = "info"
+mode = "general"  # the whole loop (the default, shadow, only logs the policy's choice)
 
 [[service.api_keys]]
 name = "soak"
