@@ -756,7 +756,10 @@ def test_logs_are_json_lines_with_request_ids_and_no_prompt_text(
     assert all("secret prompt" not in line and KEYS["write"] not in line for line in lines)
 
 
-def test_spans_are_made_when_a_tracer_is_given(tmp_path: Path) -> None:
+def test_traces_join_the_callers_trace_and_follow_the_call_upstream(tmp_path: Path) -> None:
+    """OpenTelemetry's FastAPI and httpx instrumentations: a server span per request named by
+    its route template, in the caller's trace (``traceparent``); the upstream call is a GenAI
+    ``chat {model}`` span whose client span carries ``traceparent`` upstream."""
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -764,15 +767,54 @@ def test_spans_are_made_when_a_tracer_is_given(tmp_path: Path) -> None:
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stub, sent_headers = Upstream(), []
+
+    def upstream(request: httpx.Request) -> httpx.Response:
+        sent_headers.append(dict(request.headers))
+        return stub(request)
+
     app = create_app(
-        settings_for(tmp_path),
-        tracer=provider.get_tracer("test"),
-        transport=httpx.MockTransport(Upstream()),
+        settings_for(tmp_path, mode="general"),
+        tracer_provider=provider,
+        transport=httpx.MockTransport(upstream),
     )
+    trace_id, caller_span = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    traceparent = {"traceparent": f"00-{trace_id}-{caller_span}-01"}
     with TestClient(app) as client:
-        client.post("/v1/recommend", json={"task_type": "qa"}, headers=auth("write"))
-    names = {span.name for span in exporter.get_finished_spans()}
-    assert {"POST /v1/recommend", "paramloop.recommend"} <= names
+        decided = client.post(
+            "/v1/recommend", json={"task_type": "qa"}, headers={**auth("write"), **traceparent}
+        )
+        assert decided.status_code == 200
+        exporter.clear()
+        chat = {"model": "small", "messages": MESSAGES, "metadata": {"paramloop_task_type": "qa"}}
+        answered = client.post(
+            "/v1/chat/completions", json=chat, headers={**auth("write"), **traceparent}
+        )
+        assert answered.status_code == 200, answered.text
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    server = spans["POST /v1/chat/completions"]  # the route template, not the path
+    assert format(server.context.trace_id, "032x") == trace_id
+    assert format(server.parent.span_id, "016x") == caller_span
+    call = spans["chat small"]
+    assert call.parent.span_id == server.context.span_id
+    attributes = dict(call.attributes)
+    sent = stub.received[-1]
+    assert attributes["gen_ai.operation.name"] == "chat"
+    assert attributes["gen_ai.request.model"] == "small"
+    assert attributes["gen_ai.request.temperature"] == sent["temperature"]
+    assert attributes["gen_ai.request.max_tokens"] == sent["max_tokens"]
+    assert (attributes["gen_ai.usage.input_tokens"], attributes["gen_ai.usage.output_tokens"]) == (
+        1_000,
+        500,
+    )
+    assert attributes["paramloop.mode"] == answered.headers["x-paramloop-mode"]
+    client_spans = [
+        s for s in spans.values() if s.parent and s.parent.span_id == call.context.span_id
+    ]
+    assert len(client_spans) == 1  # the httpx instrumentation's span of the request
+    upstream_parent = sent_headers[-1]["traceparent"].split("-")
+    assert upstream_parent[1] == trace_id
+    assert upstream_parent[2] == format(client_spans[0].context.span_id, "016x")
 
 
 # -- settings --------------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def serve_command(
     import uvicorn
 
     from paramloop.errors import ConfigError
-    from paramloop.server.app import create_app, environment_tracer
+    from paramloop.server.app import create_app, environment_tracer_provider
     from paramloop.server.jsonlog import configure
     from paramloop.server.settings import ANY_MODEL, Settings, Upstream
     from paramloop.server.upstream_local import local_model_problem, start_local_upstream
@@ -115,7 +115,7 @@ def serve_command(
         for line in _startup_lines(settings, local, local_url):
             log.info(line)
         if workers == 1:
-            app: Any = create_app(settings, tracer=environment_tracer())
+            app: Any = create_app(settings, tracer_provider=environment_tracer_provider())
         else:
             # Each worker builds its app from the environment: the same file, the same overrides.
             if config is not None:

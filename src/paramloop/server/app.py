@@ -6,8 +6,11 @@ controller, budgets, alerts).  Routes parse, call the engine
 (:class:`~paramloop.engine.service.Service` and the loop), render;
 authentication is one dependency per role (:mod:`paramloop.server.auth`),
 errors are JSON bodies in OpenAI's shape, and one pure ASGI middleware limits
-body sizes, times requests for Prometheus, opens a span when a tracer is
-given, and logs one JSON line per request.  See ``docs/service.md``.
+body sizes, times requests for Prometheus and logs one JSON line per request.
+With an OpenTelemetry tracer provider, OpenTelemetry's own instrumentations
+trace the app (a server span per request, named by route template, joining
+the caller's ``traceparent``) and the upstream client (a client span per
+call, ``traceparent`` sent upstream).  See ``docs/service.md``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from paramloop.engine.loop import Loop, build_loop
 from paramloop.engine.rollout import PromotionRefusedError
 from paramloop.engine.service import Service
 from paramloop.errors import (
+    ConfigError,
     ConflictingOutcomeError,
     DuplicateRequestError,
     InputError,
@@ -138,7 +142,7 @@ def create_app(
     settings: Settings,
     *,
     loop: Loop | None = None,
-    tracer: Any = None,
+    tracer_provider: Any = None,
     transport: httpx.AsyncBaseTransport | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
@@ -147,8 +151,9 @@ def create_app(
     The loop is built from ``settings`` (:attr:`Settings.task_configs`; every new
     rollout placed where :meth:`Settings.initial_rollouts` says; alerts to the log,
     the optional webhook and the metrics).  ``loop`` replaces it (tests,
-    embedding): its alert manager gets the metrics and webhook sinks added.  ``tracer`` is an
-    OpenTelemetry tracer (spans are made only with one); ``transport`` replaces
+    embedding): its alert manager gets the metrics and webhook sinks added.
+    ``tracer_provider`` is an OpenTelemetry ``TracerProvider`` (spans are made only
+    with one; needs ``paramloop[otel]``); ``transport`` replaces
     the proxy's network transport (tests).
     """
     metrics = Metrics()
@@ -223,7 +228,7 @@ def create_app(
                 max_connections=pool_size, max_keepalive_connections=min(pool_size, 256)
             ),
         ),
-        tracer=tracer,
+        tracer=None if tracer_provider is None else tracer_provider.get_tracer("paramloop"),
         spool=spool,
         rate_limits=rate_limits if rate_limits.active else None,
     )
@@ -323,7 +328,26 @@ def create_app(
         on_refused=lambda: metrics.errors.labels("overloaded").inc(),
     )
     app.add_middleware(Edge, state=state)
+    if tracer_provider is not None:
+        _instrument(app, state.http, tracer_provider)
     return app
+
+
+def _instrument(app: FastAPI, http: httpx.AsyncClient, tracer_provider: Any) -> None:
+    """Trace the app and its upstream client with OpenTelemetry's instrumentations."""
+    try:
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    except ImportError as exc:
+        raise ConfigError(
+            "tracing",
+            f"needs OpenTelemetry's instrumentations: pip install 'paramloop[otel]' ({exc})",
+        ) from None
+    # The ASGI send/receive events would add two spans per request to every trace.
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, exclude_spans=["receive", "send"]
+    )
+    HTTPXClientInstrumentor.instrument_client(http, tracer_provider=tracer_provider)
 
 
 async def _count_request(request: Request) -> None:
@@ -342,18 +366,19 @@ def app_from_environment() -> FastAPI:
 
     settings = Settings.load()
     configure(settings.log_level)
-    return create_app(settings, tracer=environment_tracer())
+    return create_app(settings, tracer_provider=environment_tracer_provider())
 
 
-def environment_tracer() -> object | None:
-    """An OpenTelemetry tracer when OpenTelemetry is installed and configured (OTEL_* set)."""
+def environment_tracer_provider() -> object | None:
+    """OpenTelemetry's global tracer provider when OTEL_* variables configure tracing
+    (``opentelemetry-instrument paramloop serve`` sets it up from them), else ``None``."""
     if not any(key.startswith("OTEL_") for key in os.environ):
         return None
     try:
         from opentelemetry import trace
     except ImportError:
         return None
-    return trace.get_tracer("paramloop")
+    return trace.get_tracer_provider()
 
 
 def _decision_routes(write: Routes, state: AppState) -> None:
@@ -621,7 +646,7 @@ def _install_error_handlers(app: FastAPI, state: AppState) -> None:
 
 
 class Edge:
-    """Pure ASGI middleware: body limit (413), timing, a span, one JSON log line per request."""
+    """Pure ASGI middleware: body limit (413), timing, one JSON log line per request."""
 
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
@@ -666,15 +691,8 @@ class Edge:
                 status = message["status"]
             await send(message)
 
-        if self.state.tracer is None:
-            with contextlib.suppress(_BodyTooLargeError):
-                await self.app(scope, limited, sending)
-        else:
-            with (
-                self.state.span(f"{method} {scope['path']}", **{"http.method": method}),
-                contextlib.suppress(_BodyTooLargeError),
-            ):
-                await self.app(scope, limited, sending)
+        with contextlib.suppress(_BodyTooLargeError):
+            await self.app(scope, limited, sending)
         self._done(scope, method, status, start)
 
     def _done(self, scope: Scope, method: str, status: int, start: float) -> None:

@@ -21,11 +21,12 @@ through to the upstream of the body's ``model``: nothing is decided or logged.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -39,6 +40,7 @@ from paramloop.engine.service import ProxyPlan, prompt_characters, prompt_hash
 from paramloop.errors import InputError, ParamloopError
 from paramloop.server.app import UNIT_HEADER
 from paramloop.server.settings import ANY_MODEL
+from paramloop.types import Outcome
 
 if TYPE_CHECKING:
     from paramloop.server.app import AppState
@@ -249,9 +251,10 @@ async def _forward(
     state: AppState, plan: ProxyPlan, *, streaming: bool, caller_usage: bool
 ) -> Response:
     headers = {"X-Paramloop-Request-Id": plan.request_id, "X-Paramloop-Mode": plan.mode}
+    call = _Call(state, plan)
     upstream = state.settings.upstream_for(plan.model)
     if upstream is None:
-        await _finish(state, plan, 0.0, None, error=True)
+        await _finish(state, plan, 0.0, None, error=True, call=call)
         return _error(
             502,
             f"no upstream is configured for model {plan.model!r}",
@@ -274,25 +277,15 @@ async def _forward(
     )
     start = time.perf_counter()
     try:
-        response = await state.http.send(request, stream=streaming)
+        with call.current():  # the client span of the request is the call span's child
+            response = await state.http.send(request, stream=streaming)
     except httpx.TimeoutException as exc:
-        return await _unreachable(
-            state,
-            plan,
-            start,
-            504,
-            f"the upstream timed out ({type(exc).__name__})",
-            headers,
-        )
+        message = f"the upstream timed out ({type(exc).__name__})"
+        return await _unreachable(state, plan, start, 504, message, headers, call)
     except httpx.HTTPError as exc:
-        return await _unreachable(
-            state,
-            plan,
-            start,
-            502,
-            f"the upstream is unreachable ({type(exc).__name__}: {exc})",
-            headers,
-        )
+        message = f"the upstream is unreachable ({type(exc).__name__}: {exc})"
+        return await _unreachable(state, plan, start, 502, message, headers, call)
+    call.status(response.status_code)
     headers.update(passed_headers(response.headers))
     media = response.headers.get("content-type", "application/json")
     if not streaming or response.status_code >= 400:
@@ -307,7 +300,7 @@ async def _forward(
             # call failed, whatever the status says.
             state.metrics.upstream.labels(plan.model, "invalid").observe(elapsed)
             state.metrics.errors.labels("upstream").inc()
-            await _finish(state, plan, elapsed * 1000, None, error=True)
+            await _finish(state, plan, elapsed * 1000, None, error=True, call=call)
             return _error(
                 502,
                 f"the upstream answered {status} with a body that is not a chat completion "
@@ -319,11 +312,16 @@ async def _forward(
         usage = completion.get("usage") if isinstance(completion, dict) else None
         state.metrics.upstream.labels(plan.model, str(status)).observe(elapsed)
         await _finish(
-            state, plan, elapsed * 1000, usage if isinstance(usage, dict) else None, error=error
+            state,
+            plan,
+            elapsed * 1000,
+            usage if isinstance(usage, dict) else None,
+            error=error,
+            call=call,
         )
         return Response(content, status_code=status, media_type=media, headers=headers)
     return StreamingResponse(
-        _relay(state, plan, response, start, caller_usage),
+        _relay(state, plan, response, start, caller_usage, call),
         status_code=response.status_code,
         media_type="text/event-stream",
         # No buffering on the way (nginx and the like honour X-Accel-Buffering).
@@ -338,19 +336,25 @@ async def _unreachable(
     status: int,
     message: str,
     headers: dict[str, str],
+    call: _Call,
 ) -> Response:
     elapsed = time.perf_counter() - start
     state.metrics.upstream.labels(
         plan.model, "unreachable" if status == 502 else "timeout"
     ).observe(elapsed)
     state.metrics.errors.labels("upstream").inc()
-    await _finish(state, plan, elapsed * 1000, None, error=True)
+    await _finish(state, plan, elapsed * 1000, None, error=True, call=call)
     code = "upstream_unreachable" if status == 502 else "upstream_timeout"
     return _error(status, message, "upstream_error", headers, code)
 
 
 async def _relay(
-    state: AppState, plan: ProxyPlan, response: httpx.Response, start: float, caller_usage: bool
+    state: AppState,
+    plan: ProxyPlan,
+    response: httpx.Response,
+    start: float,
+    caller_usage: bool,
+    call: _Call,
 ) -> AsyncIterator[bytes]:
     """The upstream's server-sent events, passed through; the usage chunk is read on the way.
 
@@ -375,7 +379,7 @@ async def _relay(
         label = "error" if error else "invalid" if invalid else "200"
         state.metrics.upstream.labels(plan.model, label).observe(elapsed)
         with anyio.CancelScope(shield=True):
-            await _finish(state, plan, elapsed * 1000, usage, error=error or invalid)
+            await _finish(state, plan, elapsed * 1000, usage, error=error or invalid, call=call)
 
     try:
         async for line in response.aiter_lines():
@@ -417,9 +421,11 @@ async def _finish(
     usage: Mapping[str, Any] | None,
     *,
     error: bool,
+    call: _Call,
 ) -> None:
     service, metrics = state.service, state.metrics
     measured = service.measure(plan.model, latency_ms=latency_ms, usage=usage, error=error)
+    call.end(measured)
     if measured.prompt_tokens is not None:
         metrics.tokens.labels(plan.task_type, "prompt").inc(measured.prompt_tokens)
     if measured.completion_tokens is not None:
@@ -441,6 +447,83 @@ async def _finish(
         state.news()
         metrics.outcomes.labels(recorded.task_type, recorded.source).inc()
         metrics.rewards.labels(recorded.task_type).observe(recorded.reward)
+
+
+#: The request's parameters and their GenAI semantic-convention attributes.
+_GENAI_REQUEST = {
+    "temperature": "gen_ai.request.temperature",
+    "top_p": "gen_ai.request.top_p",
+    "max_tokens": "gen_ai.request.max_tokens",
+    "max_completion_tokens": "gen_ai.request.max_tokens",
+    "frequency_penalty": "gen_ai.request.frequency_penalty",
+    "presence_penalty": "gen_ai.request.presence_penalty",
+    "seed": "gen_ai.request.seed",
+}
+
+
+class _Call:
+    """The span of one upstream chat call, by OpenTelemetry's GenAI semantic conventions
+    (``chat {model}``, kind client): the parameters sent, the tokens used, the cost, and
+    what paramloop decided.  Nothing without a tracer."""
+
+    def __init__(self, state: AppState, plan: ProxyPlan) -> None:
+        self.span: Any = None
+        if state.tracer is None:
+            return
+        from opentelemetry.trace import SpanKind
+
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": "openai",
+            "gen_ai.request.model": plan.model,
+            "paramloop.request_id": plan.request_id,
+            "paramloop.task_type": plan.task_type,
+            "paramloop.mode": plan.mode,
+        }
+        for field, name in _GENAI_REQUEST.items():
+            value = plan.body.get(field)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                attributes[name] = value
+        if plan.decision is not None:
+            attributes["paramloop.arm"] = plan.decision.arm
+            attributes["paramloop.propensity"] = plan.decision.propensity
+            attributes["paramloop.origin"] = plan.decision.origin
+        self.span = state.tracer.start_span(
+            f"chat {plan.model}", kind=SpanKind.CLIENT, attributes=attributes
+        )
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        if self.span is None:
+            yield
+            return
+        from opentelemetry import trace
+
+        with trace.use_span(self.span, end_on_exit=False):
+            yield
+
+    def status(self, code: int) -> None:
+        if self.span is not None:
+            self.span.set_attribute("http.response.status_code", code)
+
+    def end(self, measured: Outcome) -> None:
+        if self.span is None:
+            return
+        for name, value in (
+            ("gen_ai.usage.input_tokens", measured.prompt_tokens),
+            ("gen_ai.usage.output_tokens", measured.completion_tokens),
+            ("paramloop.cost", measured.cost),
+            ("paramloop.latency_ms", measured.latency_ms),
+        ):
+            if value is not None:
+                self.span.set_attribute(name, value)
+        if measured.error:
+            from opentelemetry.trace import Status, StatusCode
+
+            self.span.set_attribute("error.type", "upstream_error")
+            self.span.set_status(Status(StatusCode.ERROR))
+        self.span.end()
+        self.span = None  # ended once, whichever path finishes the call
 
 
 def passed_headers(upstream: Mapping[str, str]) -> dict[str, str]:
