@@ -419,3 +419,29 @@ def test_a_saved_monitor_continues_exactly_as_the_uninterrupted_one(
 def test_a_corrupt_saved_monitor_is_refused_by_name() -> None:
     with pytest.raises(InputError, match="not a saved SLO monitor"):
         SLOMonitor.from_dict(SLOConfig(), {"treatment": {}})
+
+
+def test_quality_min_is_an_absolute_floor_on_the_treatment_alone() -> None:
+    # Treatment at 0.6 is within 5 % of nothing (control is worse still), yet under the floor.
+    config = SLOConfig(min_samples=50, quality_min=0.8, quality_drop=None)
+    monitor = SLOMonitor(config)
+    for group, quality in ((Group.TREATMENT, 0.6), (Group.CONTROL, 0.5)):
+        monitor.observe_many(
+            group,
+            np.arange(200.0),
+            latency_ms=np.full(200, 100.0),
+            quality=np.full(200, quality),
+            error=np.zeros(200, bool),
+        )
+    (rule,) = [s for s in monitor.statuses() if s.metric == "quality_min"]
+    assert rule.verdict is SLOVerdict.BREACH and rule.control is None
+    healthy = SLOMonitor(config)
+    healthy.observe_many(
+        Group.TREATMENT,
+        np.arange(200.0),
+        latency_ms=np.full(200, 100.0),
+        quality=np.full(200, 0.95),
+        error=np.zeros(200, bool),
+    )
+    (rule,) = [s for s in healthy.statuses() if s.metric == "quality_min"]
+    assert rule.verdict is SLOVerdict.OK

@@ -26,7 +26,8 @@ Rules (all thresholds in :class:`SLOConfig`):
   order statistics (Howard & Ramdas), read from a DDSketch and widened by its
   relative accuracy, so the sketch never makes the test anti-conservative;
 * quality: breach when the treatment mean's upper bound < (1 − drop) × the
-  control's lower bound (relative) or < lower bound − drop (absolute);
+  control's lower bound (relative) or < lower bound − drop (absolute), or below
+  an absolute floor (``quality_min``, the deployment's ``SLO_QUALITY_MIN``);
 * errors: breach when the treatment error rate's lower bound > a cap (absolute)
   and/or exceeds the control's upper bound by more than an allowed increase.
 
@@ -77,6 +78,8 @@ class SLOConfig:
     latency_p99_max_ms: float | None = None
     quality_drop: float | None = 0.05
     quality_drop_relative: bool = True
+    #: The treatment's absolute quality floor (``None``: no floor).
+    quality_min: float | None = None
     error_rate_max: float | None = 0.01
     error_rate_increase: float | None = None
     min_samples: int = 200
@@ -95,6 +98,12 @@ class SLOConfig:
             math.isfinite(self.latency_p99_max_ms) and self.latency_p99_max_ms > 0
         ):
             raise ConfigError("slo.latency_p99_max_ms", "must be a positive number or None")
+        if self.quality_min is not None and not (
+            isinstance(self.quality_min, float | int) and 0.0 < self.quality_min <= 1.0
+        ):
+            raise ConfigError(
+                "slo.quality_min", f"must be in (0, 1] or None, got {self.quality_min!r}"
+            )
         if self.error_rate_max is not None and not 0.0 <= self.error_rate_max < 1.0:
             raise ConfigError("slo.error_rate_max", "must be in [0, 1) or None")
         if self.min_samples < 1:
@@ -115,7 +124,7 @@ class SLOConfig:
         """The metric families with at least one rule enabled."""
         enabled = {
             "latency": self.latency_p99_increase is not None or self.latency_p99_max_ms is not None,
-            "quality": self.quality_drop is not None,
+            "quality": self.quality_drop is not None or self.quality_min is not None,
             "errors": self.error_rate_max is not None or self.error_rate_increase is not None,
         }
         return tuple(name for name, on in enabled.items() if on)
@@ -487,6 +496,11 @@ class SLOMonitor:
             out.append(self._judge(
                 "quality_drop", drop, q_n, q_t, q_c, q_t.upper < floor,
                 f"treatment quality ≤ {q_t.upper:.4f} vs floor {floor:.4f} (control ≥ {q_c.lower:.4f})",
+            ))  # fmt: skip
+        if (least := cfg.quality_min) is not None:
+            out.append(self._judge(
+                "quality_min", least, q_n, q_t, None, q_t.upper < least,
+                f"treatment quality ≤ {q_t.upper:.4f} vs floor {least:.4f}",
             ))  # fmt: skip
         if (rate := cfg.error_rate_max) is not None:
             out.append(self._judge(
