@@ -888,7 +888,7 @@ auth = "disabled"
         "DATABASE_URL": "sqlite:///:memory:",
         "LLM_OPTIMIZATION_ENABLED": "false",
         "LLM_OPTIMIZATION_MODE": "guarded",
-        "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE": "25",
+        "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE": "0.25",  # a fraction
         "BANDIT_POLICY": "thompson_gaussian",
         "SLO_LATENCY_P99_MS": "2000",
         "BUDGET_DAILY_TOKENS": "1000000",

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -303,52 +303,6 @@ def _dataclass(cls: Callable[..., T], body: Mapping[str, Any], where: str) -> T:
         return cls(**dict(body))
     except TypeError as exc:
         raise ConfigError(where, f"invalid value: {exc}") from None
-
-
-#: Environment variables that override every task type's SLO rules (the published names).
-SLO_ENV = ("SLO_LATENCY_P99_MS", "SLO_QUALITY_MIN", "SLO_ERROR_RATE_MAX")
-
-
-def apply_env(
-    configs: Mapping[str, TaskConfig], environ: Mapping[str, str]
-) -> dict[str, TaskConfig]:
-    """The configurations with the SLO environment variables applied to every task type.
-
-    ``SLO_LATENCY_P99_MS``: an absolute p99 latency cap (ms) for the treatment group, on
-    top of the relative rule.  ``SLO_QUALITY_MIN``: the lowest acceptable treatment quality
-    as a share of the control's (0.95 = at most 5 % lower).  ``SLO_ERROR_RATE_MAX``: the
-    highest acceptable treatment error rate (0.01 = 1 %).
-    """
-    changes: dict[str, Any] = {}
-    for name in SLO_ENV:
-        raw = environ.get(name)
-        if raw is None or not raw.strip():
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ConfigError(name, f"must be a number, got {raw!r}") from None
-        if name == "SLO_LATENCY_P99_MS":
-            changes["latency_p99_max_ms"] = value
-        elif name == "SLO_QUALITY_MIN":
-            if not 0.0 < value <= 1.0:
-                raise ConfigError(
-                    name, f"must be in (0, 1] (a share of the control's quality), got {raw!r}"
-                )
-            changes["quality_drop"] = 1.0 - value
-            changes["quality_drop_relative"] = True
-        else:
-            changes["error_rate_max"] = value
-    if not changes:
-        return dict(configs)
-    out = {}
-    for name, config in configs.items():
-        try:
-            slo = replace(config.rollout.slo, **changes)
-        except ConfigError as exc:
-            raise ConfigError(f"environment ({', '.join(SLO_ENV)})", exc.problem) from None
-        out[name] = replace(config, rollout=replace(config.rollout, slo=slo))
-    return out
 
 
 def _feature(where: str, spec: Any) -> Feature:

@@ -3,7 +3,8 @@
 :meth:`Settings.load` reads the TOML file (``--config`` or ``PARAMLOOP_CONFIG``):
 its ``[tasks.*]``, ``[models.*]`` and ``[defaults]`` tables are the task
 configuration (:func:`paramloop.engine.parse_config`), its ``[service]`` table
-the service's own settings.  Environment variables override the file.  Every
+the service's own settings.  Environment variables override the file: the deployment
+contract's (:mod:`paramloop.server.environment`) and the service's own ``PARAMLOOP_*``.  Every
 problem is a :class:`~paramloop.errors.ConfigError` naming the TOML key or the
 environment variable, raised at start-up, never at the first request.
 
@@ -11,7 +12,7 @@ API keys are configured as SHA-256 hex digests (``printf '%s' "$KEY" | sha256sum
 never in clear; upstream API keys are read from the environment variable each
 upstream names, and never printed (``repr`` hides them).
 
-``LLM_OPTIMIZATION_MODE`` (+ ``LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE``) only says
+``LLM_OPTIMIZATION_MODE`` (+ ``LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE``, a fraction) only says
 where a task type's rollout *starts* when the store has none yet (default
 ``shadow``: the baseline serves everyone and the policy's choice is only logged)
 (:meth:`Settings.initial_rollouts`); once a rollout is stored, its stored phase
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from paramloop.core.budget import BudgetLimits
-from paramloop.core.policies import POLICIES
 from paramloop.core.rollout import Phase, traffic_problem
 from paramloop.engine.config import TaskConfig, parse_config
 from paramloop.engine.service import (
@@ -47,6 +47,7 @@ from paramloop.engine.service import (
     ProxyOptions,
 )
 from paramloop.errors import ConfigError
+from paramloop.server.environment import Environment, read_environment
 
 Role = Literal["read", "write", "admin"]
 #: Roles from least to most privileged; each includes those before it.
@@ -138,6 +139,14 @@ class Settings:
     rate_limit_tpm: int | None = None
     #: Where replicas share their rate-limit counters (``REDIS_URL``; ``None``: in process).
     redis_url: str | None = field(default=None, repr=False)
+    #: Daily budgets on or off for every task type (``CAWS_ENABLED``; ``None``: as configured).
+    budgets_enabled: bool | None = None
+    #: The largest waiver, percent of the daily limits, of every budget (``CAWS_WAIVER_THRESHOLD``).
+    max_waiver_percent: float | None = None
+    #: Every task type's rollout values from the environment: ``shadow_min_s``,
+    #: ``canary_min_s``, ``guarded_min_s`` (``ROLLOUT_*_DURATION_HOURS``) and
+    #: ``low_confidence_threshold`` (``CONFIDENCE_THRESHOLD``).
+    rollout_overrides: Mapping[str, float] = field(default_factory=dict)
     #: Where the configuration came from: its file, or :data:`EMBEDDED` (see :meth:`load`).
     source: str = "settings"
 
@@ -219,6 +228,7 @@ class Settings:
             raise ConfigError(
                 "REDIS_URL", "must be a redis:// or rediss:// URL such as redis://127.0.0.1:6379/0"
             )
+        self.task_configs  # noqa: B018 - the service-wide values must fit every task type now
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ConfigError("service.api_keys", f"key names must be unique, got {names}")
@@ -262,12 +272,20 @@ class Settings:
         """The task types with the service-wide SLO and budget values applied to every one.
 
         ``slo.latency_p99_ms`` is the treatment's absolute p99 cap, ``slo.quality_min``
-        the lowest treatment quality as a share of the control's, ``slo.error_rate_max``
-        the highest treatment error rate; ``budget.daily_tokens`` and
-        ``budget.daily_cost`` are each task type's daily limits.  A value given here
-        replaces the task type's own; the others keep theirs.
+        the treatment's absolute quality floor, ``slo.error_rate_max`` the highest
+        treatment error rate; ``budget.daily_tokens`` and ``budget.daily_cost`` are each
+        task type's daily limits; :attr:`budgets_enabled`, :attr:`max_waiver_percent` and
+        :attr:`rollout_overrides` as documented there.  A value given here replaces the
+        task type's own; the others keep theirs.
         """
-        return _with_service_limits(self.tasks, self.slo, self.budget)
+        return _with_service_limits(
+            self.tasks,
+            self.slo,
+            self.budget,
+            budgets_enabled=self.budgets_enabled,
+            max_waiver_percent=self.max_waiver_percent,
+            rollout=self.rollout_overrides,
+        )
 
     def upstream_for(self, model: str) -> Upstream | None:
         """The upstream of ``model``, else the one for every model (``"*"``), else ``None``."""
@@ -302,7 +320,7 @@ class Settings:
         env = os.environ if env is None else env
         document = dict(data)
         service = _table(document.pop("service", {}), "service")
-        tasks = _tasks(document, env)
+        tasks = _tasks(document, read_environment(env))
         return cls(tasks=tasks, **{**_service(service, env), **overrides})
 
 
@@ -367,41 +385,71 @@ def load_deployment(
     document, source = read_document(config, env)
     service = _table(document.pop("service", {}), "service")
     _only(service, SERVICE_KEYS, "service")
-    tasks = _tasks(document, env)
-    slo, budget = _service_limits(service, env)
+    environment = read_environment(env)
+    tasks = _tasks(document, environment)
+    slo, budget = _service_limits(service, environment)
     if database_url is None:
-        found = _pick(service, env, "database_url", "DATABASE_URL")
-        database_url = _text(*found) if found is not None else DEFAULT_DATABASE_URL
-    return Deployment(_with_service_limits(tasks, slo, budget), str(database_url), source)
+        database_url = environment.database_url or (
+            _text("service.database_url", service["database_url"])
+            if "database_url" in service
+            else DEFAULT_DATABASE_URL
+        )
+    configs = _with_service_limits(
+        tasks,
+        slo,
+        budget,
+        budgets_enabled=environment.caws_enabled,
+        max_waiver_percent=_waiver_percent(environment),
+        rollout=_rollout_overrides(environment),
+    )
+    return Deployment(configs, str(database_url), source)
 
 
-def _tasks(document: dict[str, Any], env: Mapping[str, str]) -> dict[str, TaskConfig]:
-    """The task types of a document without its ``[service]`` table (``BANDIT_POLICY`` applied)."""
-    policy = env.get("BANDIT_POLICY")
-    if policy:
-        if policy not in POLICIES:
-            raise ConfigError(
-                "BANDIT_POLICY",
-                f"unknown policy {policy!r}; available: {', '.join(sorted(POLICIES))}",
-            )
-        defaults = dict(_table(document.get("defaults", {}), "defaults"))
-        defaults["policy"] = policy  # task types that name their own policy keep it
-        document = {**document, "defaults": defaults}
-    return parse_config(document)
+def _tasks(document: dict[str, Any], environment: Environment) -> dict[str, TaskConfig]:
+    """The task types of a document without its ``[service]`` table (``BANDIT_POLICY`` and
+    ``EXPLORATION_FACTOR`` applied as defaults: task types that set their own keep them)."""
+    defaults = dict(_table(document.get("defaults", {}), "defaults"))
+    if environment.bandit_policy is not None:
+        defaults["policy"] = environment.bandit_policy
+    if environment.exploration_factor is not None:
+        defaults["exploration"] = environment.exploration_factor
+    return parse_config({**document, "defaults": defaults} if defaults else document)
+
+
+def _waiver_percent(environment: Environment) -> float | None:
+    fraction = environment.caws_waiver_threshold
+    return None if fraction is None else 100.0 * fraction
+
+
+def _rollout_overrides(environment: Environment) -> dict[str, float]:
+    """The rollout values of ``ROLLOUT_*_DURATION_HOURS`` (as seconds) and ``CONFIDENCE_THRESHOLD``."""
+    values = {
+        "shadow_min_s": environment.shadow_hours,
+        "canary_min_s": environment.canary_hours,
+        "guarded_min_s": environment.guarded_hours,
+    }
+    out = {key: 3600.0 * hours for key, hours in values.items() if hours is not None}
+    if environment.confidence_threshold is not None:
+        out["low_confidence_threshold"] = environment.confidence_threshold
+    return out
 
 
 def _with_service_limits(
     tasks: Mapping[str, TaskConfig],
     slo_values: Mapping[str, float],
     budget_values: Mapping[str, float],
+    *,
+    budgets_enabled: bool | None = None,
+    max_waiver_percent: float | None = None,
+    rollout: Mapping[str, float] | None = None,
 ) -> dict[str, TaskConfig]:
-    """``tasks`` with the service-wide SLO and budget values applied (see :attr:`Settings.task_configs`)."""
+    """``tasks`` with the service-wide SLO, budget and rollout values applied (see
+    :attr:`Settings.task_configs`); a budget variable with no budget to act on is refused."""
     slo: dict[str, Any] = {}
     if "latency_p99_ms" in slo_values:
         slo["latency_p99_max_ms"] = slo_values["latency_p99_ms"]
     if "quality_min" in slo_values:
-        slo["quality_drop"] = 1.0 - slo_values["quality_min"]
-        slo["quality_drop_relative"] = True
+        slo["quality_min"] = slo_values["quality_min"]
     if "error_rate_max" in slo_values:
         slo["error_rate_max"] = slo_values["error_rate_max"]
     budget: dict[str, Any] = {
@@ -409,13 +457,37 @@ def _with_service_limits(
         for key, limit in (("daily_tokens", "tokens_per_day"), ("daily_cost", "cost_per_day"))
         if key in budget_values
     }
+    plan: dict[str, Any] = {
+        k: v for k, v in (rollout or {}).items() if k != "low_confidence_threshold"
+    }
     out = {}
     for name, config in tasks.items():
-        rollout = config.rollout
+        settings = config.rollout
         if slo:
-            rollout = replace(rollout, slo=replace(rollout.slo, **slo))
+            settings = replace(settings, slo=replace(settings.slo, **slo))
+        if plan:
+            settings = replace(settings, plan=replace(settings.plan, **plan))
+        if rollout and "low_confidence_threshold" in rollout:
+            settings = replace(
+                settings, low_confidence_threshold=rollout["low_confidence_threshold"]
+            )
         limits = replace(config.budget or BudgetLimits(), **budget) if budget else config.budget
-        out[name] = replace(config, rollout=rollout, budget=limits)
+        if budgets_enabled is False:
+            limits = None
+        if limits is not None and max_waiver_percent is not None:
+            limits = replace(limits, max_waiver_percent=max_waiver_percent)
+        out[name] = replace(config, rollout=settings, budget=limits)
+    if all(config.budget is None for config in out.values()):
+        for variable, value in (
+            ("CAWS_ENABLED", budgets_enabled),
+            ("CAWS_WAIVER_THRESHOLD", max_waiver_percent),
+        ):
+            if value is not None and value is not False:
+                raise ConfigError(
+                    variable,
+                    "is set but there is no budget to act on (no task type has one): set CAWS_BUDGET_LIMIT "
+                    "(a daily cost), [service.budget] or [tasks.<name>.budget]",
+                )
     return out
 
 
@@ -466,15 +538,38 @@ SERVICE_KEYS = frozenset(
 
 def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     _only(body, SERVICE_KEYS, "service")
+    environment = read_environment(env)
     out: dict[str, Any] = {}
+    for key, value in (
+        ("database_url", environment.database_url),
+        ("enabled", environment.enabled),
+        ("mode", environment.mode),
+        ("redis_url", environment.redis_url),
+    ):
+        if value is not None:
+            out[key] = value
+    for key, parse in (
+        ("database_url", _text),
+        ("enabled", _bool),
+        ("mode", _text),
+        ("traffic_percentage", _number),  # percent in the file; the variable is a fraction
+        ("redis_url", _text),
+    ):
+        if key not in out and key in body:
+            out[key] = parse(f"service.{key}", body[key])
+    if (fraction := environment.traffic_fraction) is not None:
+        out["traffic_percentage"] = percent = 100.0 * fraction
+        mode = out.get("mode", "shadow")
+        if mode in MODES and (problem := traffic_problem(Phase(mode), percent)):
+            raise ConfigError(
+                "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE",
+                f"is a fraction (0.05 = 5 %): {fraction:g} is {percent:g} %, and {problem} "
+                f"(mode {mode})",
+            )
 
     for key, variable, parse in (
-        ("database_url", "DATABASE_URL", _text),
         ("host", "PARAMLOOP_HOST", _text),
         ("port", "PARAMLOOP_PORT", _port),
-        ("enabled", "LLM_OPTIMIZATION_ENABLED", _bool),
-        ("mode", "LLM_OPTIMIZATION_MODE", _text),
-        ("traffic_percentage", "LLM_OPTIMIZATION_TRAFFIC_PERCENTAGE", _number),
         ("default_task_type", "PARAMLOOP_DEFAULT_TASK_TYPE", _text),
         ("max_body_bytes", "PARAMLOOP_MAX_BODY_BYTES", _positive_int),
         ("expire_interval_s", "PARAMLOOP_EXPIRE_INTERVAL_S", _positive),
@@ -489,7 +584,6 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
         ("upstream_max_connections", "PARAMLOOP_UPSTREAM_MAX_CONNECTIONS", _positive_int),
         ("rate_limit_rpm", "PARAMLOOP_RATE_LIMIT_RPM", _positive_int),
         ("rate_limit_tpm", "PARAMLOOP_RATE_LIMIT_TPM", _positive_int),
-        ("redis_url", "REDIS_URL", _text),
     ):
         found = _pick(body, env, key, variable)
         if found is not None:
@@ -515,31 +609,32 @@ def _service(body: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
             for model, price in _table(body.get("prices", {}), "service.prices").items()
         }
     )
-    out["slo"], out["budget"] = _service_limits(body, env)
+    out["slo"], out["budget"] = _service_limits(body, environment)
+    out["budgets_enabled"] = environment.caws_enabled
+    out["max_waiver_percent"] = _waiver_percent(environment)
+    out["rollout_overrides"] = _rollout_overrides(environment)
     return out
 
 
 def _service_limits(
-    body: Mapping[str, Any], env: Mapping[str, str]
+    body: Mapping[str, Any], environment: Environment
 ) -> tuple[dict[str, float], dict[str, float]]:
     """The service-wide SLO and budget values (``[service.slo]``, ``[service.budget]`` and
-    their variables)."""
+    their variables, which win)."""
     slo = _limits(
         _table(body.get("slo", {}), "service.slo"),
-        env,
         {
-            "latency_p99_ms": ("SLO_LATENCY_P99_MS", "(0, inf)"),
-            "quality_min": ("SLO_QUALITY_MIN", "(0, 1]"),
-            "error_rate_max": ("SLO_ERROR_RATE_MAX", "[0, 1)"),
+            "latency_p99_ms": (environment.slo_latency_p99_ms, "(0, inf)"),
+            "quality_min": (environment.slo_quality_min, "(0, 1]"),
+            "error_rate_max": (environment.slo_error_rate_max, "[0, 1)"),
         },
         "service.slo",
     )
     budget = _limits(
         _table(body.get("budget", {}), "service.budget"),
-        env,
         {
-            "daily_tokens": ("BUDGET_DAILY_TOKENS", "(0, inf)"),
-            "daily_cost": ("BUDGET_DAILY_COST", "(0, inf)"),
+            "daily_tokens": (environment.budget_daily_tokens, "(0, inf)"),
+            "daily_cost": (environment.daily_cost, "(0, inf)"),
         },
         "service.budget",
     )
@@ -639,18 +734,18 @@ def _price(model: str, body: Any) -> Price:
 
 def _limits(
     body: Mapping[str, Any],
-    env: Mapping[str, str],
-    spec: Mapping[str, tuple[str, str]],
+    spec: Mapping[str, tuple[float | None, str]],
     where: str,
 ) -> dict[str, float]:
-    """Each key's number from the environment or the table, checked against its interval
-    (written as the error message shows it: ``"(0, 1]"`` excludes 0, includes 1)."""
+    """Each key's number from the environment (already checked) or the table, checked against
+    its interval (written as the error message shows it: ``"(0, 1]"`` excludes 0, includes 1)."""
     _only(body, set(spec), where)
     out: dict[str, float] = {}
-    for key, (variable, interval) in spec.items():
-        if env.get(variable, "") != "":
-            origin, value = variable, env[variable]
-        elif key in body:
+    for key, (from_env, interval) in spec.items():
+        if from_env is not None:
+            out[key] = from_env
+            continue
+        if key in body:
             origin, value = f"{where}.{key}", body[key]
         else:
             continue
