@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from paramloop.server.app import create_app
 from paramloop.server.settings import Settings
+from paramloop.store import open_store
 
 TASKS: dict[str, Any] = {
     "qa": {
@@ -33,7 +34,18 @@ TASKS: dict[str, Any] = {
         "baseline": {"model": "small", "temperature": 0.4, "max_tokens": 32},
         "space": {"temperature": [0.0, 0.4, 0.8], "max_tokens": [16, 32]},
         "reward_wait_s": 600,
-    }
+    },
+    "styled": {
+        "preset": "published",
+        "baseline": {"model": "small", "temperature": 0.4, "prompt_variant": "plain"},
+        "space": {"temperature": [0.4], "prompt_variant": ["plain", "terse", "persona"]},
+        "exploration": 0.9,  # every variant gets served in a few calls
+        "variants": {
+            "plain": {"prefix": "Question: "},
+            "terse": {"suffix": " Answer in one word.", "version": 2},
+            "persona": {"system": "You are a careful tutor."},
+        },
+    },
 }
 META = {"paramloop_task_type": "qa"}
 USAGE = {"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15}
@@ -279,3 +291,38 @@ def test_other_v1_endpoints_go_straight_through(
         assert missing.json() == {"error": {"message": "no such route"}}
         ours = http.get("/v1/models")  # paramloop's own /v1 routes still answer
         assert ours.status_code == 200 and ours.json()["object"] == "list"
+
+
+def test_the_prompt_variant_a_decision_names_is_the_one_sent(
+    gateway: Callable[..., str], sdk: Callable[[str, int], openai.OpenAI], tmp_path: Path
+) -> None:
+    """Through the official client: each call's messages upstream are the caller's with the
+    logged decision's variant applied (before, the variant was a label never sent)."""
+    upstream = Upstream()
+    client = sdk(gateway(upstream), 0)
+    asked: list[dict[str, Any]] = [{"role": "user", "content": "What is 2 + 2?"}]
+    request_ids = []
+    for _ in range(15):
+        raw = client.chat.completions.with_raw_response.create(
+            model="small",
+            messages=[{"role": "user", "content": "What is 2 + 2?"}],
+            metadata={"paramloop_task_type": "styled"},
+        )
+        request_ids.append(raw.headers["x-paramloop-request-id"])
+    expected = {
+        "plain": [{"role": "user", "content": "Question: What is 2 + 2?"}],
+        "terse": [{"role": "user", "content": "What is 2 + 2? Answer in one word."}],
+        "persona": [{"role": "system", "content": "You are a careful tutor."}, *asked],
+    }
+    store = open_store(f"sqlite:///{tmp_path / 'gw.db'}")
+    try:
+        served = []
+        for request_id, (_, _, body, _) in zip(request_ids, upstream.seen, strict=True):
+            decision = store.get_decision(request_id)
+            assert decision is not None and body is not None
+            variant = decision.params.prompt_variant
+            assert variant is not None and body["messages"] == expected[variant], variant
+            served.append(variant)
+    finally:
+        store.close()
+    assert set(served) == set(expected)  # each variant was decided, logged and sent

@@ -48,6 +48,7 @@ from paramloop.core.reward import RewardFunction
 from paramloop.core.rollout import RolloutPlan
 from paramloop.core.space import ModelRule, ParameterSpace, TrustRegion
 from paramloop.engine.rollout import DriftSettings, RolloutSettings
+from paramloop.engine.variants import PromptVariant, parse_variants
 from paramloop.errors import ConfigError
 from paramloop.types import Params
 
@@ -83,6 +84,8 @@ class TaskConfig:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     #: Daily token and cost budgets (``None``: no budget).
     budget: BudgetLimits | None = None
+    #: The prompt variants the arms' ``prompt_variant`` names (see engine.variants).
+    variants: Mapping[str, PromptVariant] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         where = f"tasks.{self.name}"
@@ -107,7 +110,21 @@ class TaskConfig:
             raise ConfigError(
                 f"{where}.snapshot_every", f"must be an integer >= 1, got {self.snapshot_every!r}"
             )
+        if self.variants:
+            undeclared = sorted(
+                {a.prompt_variant for a in self.space.arms if a.prompt_variant is not None}
+                - set(self.variants)
+            )
+            if undeclared:
+                raise ConfigError(
+                    f"{where}.variants",
+                    f"prompt variant {undeclared[0]!r} is in the space but not declared here",
+                )
         self.new_policy()  # validates policy_params now, not at the first request
+
+    def variant(self, name: str | None) -> PromptVariant | None:
+        """The declared variant ``name`` (``None`` for no variant or an undeclared one)."""
+        return None if name is None else self.variants.get(name)
 
     @property
     def design(self) -> ArmDesign:
@@ -184,6 +201,7 @@ def task(
 # -- TOML ---------------------------------------------------------------------------------
 
 _TASK_KEYS = {
+    "variants",
     "policy",
     "policy_params",
     "exploration",
@@ -272,6 +290,18 @@ def _task(name: str, body: Mapping[str, Any], rules: Sequence[ModelRule]) -> Tas
         if exc.field.startswith("tasks."):
             raise
         raise ConfigError(f"{where}.{exc.field.split('.')[0]}.{field_name}", exc.problem) from None
+    if "variants" in body:
+        options["variants"] = parse_variants(f"{where}.variants", body["variants"])
+    named = [*(_table(body, "space").get("prompt_variant") or []), baseline.prompt_variant]
+    used = {v for v in named if v is not None}
+    if used - set(options.get("variants", {})):
+        missing = sorted(str(v) for v in used - set(options.get("variants", {})))[0]
+        raise ConfigError(
+            f"{where}.variants.{missing}",
+            "the space names this prompt variant but does not declare it: give it a system "
+            "instruction, a prefix or a suffix of the last user message (or the proxy could "
+            "not apply it)",
+        )
     try:
         return task(
             name,

@@ -41,6 +41,7 @@ import orjson
 from paramloop.core.budget import Spend
 from paramloop.core.space import NUMERIC_DIMS
 from paramloop.engine.optimizer import Optimizer, token_cap
+from paramloop.engine.variants import PromptVariant
 from paramloop.errors import (
     ConfigError,
     ConflictingOutcomeError,
@@ -402,13 +403,14 @@ class Service:
             return ProxyPlan(request_id, task_type, as_sent, "pinned", pinned=pinned)
         full = self.context_of(task_type, context, body)
         decision = self.recommend(task_type, full, request_id=request_id, unit_id=unit_id)
+        variant = self.optimizer.config(task_type).variant(decision.params.prompt_variant)
         if not decision.logged:  # nothing to record an outcome against
-            body = upstream_body(body, decision.params, managed)
+            body = upstream_body(body, decision.params, managed, variant)
             return ProxyPlan(request_id, task_type, body, "fallback", pinned=pinned)
         return ProxyPlan(
             request_id,
             task_type,
-            upstream_body(body, decision.params, managed),
+            upstream_body(body, decision.params, managed, variant),
             "optimized" if decision.intended_arm is None else "control",
             decision=decision,
             pinned=pinned,
@@ -497,13 +499,18 @@ class Service:
 
 
 def upstream_body(
-    body: Mapping[str, Any], params: Params, managed: Iterable[str] = NUMERIC_DIMS
+    body: Mapping[str, Any],
+    params: Params,
+    managed: Iterable[str] = NUMERIC_DIMS,
+    variant: PromptVariant | None = None,
 ) -> dict[str, Any]:
     """The caller's body with the ``managed`` parameters (and the model) taken from ``params``.
 
     The caller's values of managed parameters are dropped first, so a parameter
     the model rejects (``None`` in ``params``) is not sent at all; the model's
     own field for ``max_tokens`` (``max_completion_tokens`` for some) is used.
+    ``variant`` (the task type's declaration of ``params.prompt_variant``) is
+    applied to the messages.
 
     >>> upstream_body({"model": "a", "temperature": 1.5, "top_p": 0.5, "messages": []},
     ...               Params("b", temperature=0.2, max_tokens=64), {"temperature", "max_tokens"})
@@ -520,6 +527,8 @@ def upstream_body(
         if dimension not in managed:
             request.pop(name, None)
     out.update(request)
+    if variant is not None and isinstance(out.get("messages"), list):
+        out["messages"] = variant.apply(out["messages"])  # the variant the decision names
     return out
 
 
