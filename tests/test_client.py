@@ -54,7 +54,14 @@ TASKS: dict[str, Any] = {
         "baseline": {"model": "small", "temperature": 0.4, "max_tokens": 32},
         "space": {"temperature": [0.0, 0.4, 0.8], "max_tokens": [16, 32]},
         "reward_wait_s": 600,
-    }
+    },
+    "styled": {
+        "preset": "published",
+        "baseline": {"model": "small", "temperature": 0.4, "prompt_variant": "plain"},
+        "space": {"temperature": [0.4], "prompt_variant": ["plain", "tutor"]},
+        "exploration": 0.9,
+        "variants": {"plain": {"suffix": " Be brief."}, "tutor": {"system": "You teach."}},
+    },
 }
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is 3 + 4?"}]
 FAIL: list[ChatCompletionMessageParam] = [{"role": "user", "content": "fail"}]
@@ -247,7 +254,7 @@ def test_operations_endpoints(service: Service) -> None:
         live, ready = admin.live(), admin.ready()
         status = admin.status()
         rollout = admin.rollout_status("qa")
-        slo = admin.slo_status()
+        slo = admin.slo_status("qa")
         rolled_back = admin.rollback("qa", "client test", to="previous")
         traffic = admin.set_traffic("qa", 30, "client test")
         alerts = admin.alerts("qa")
@@ -266,7 +273,8 @@ def test_operations_endpoints(service: Service) -> None:
     assert ready.status == "ok" and ready.ready is True and ready.details["store"]["ok"]
     assert status.enabled and status.mode == "general" and status.store_ok
     assert [(t.task_type, t.phase, t.pinned) for t in status.tasks] == [
-        ("qa", "general", "respect")
+        ("qa", "general", "respect"),
+        ("styled", "general", "respect"),
     ]
     assert [r.task_type for r in rollout] == ["qa"] and rollout[0].state.phase is Phase.GENERAL
     assert [s.task_type for s in slo] == ["qa"] and slo[0].verdict == rollout[0].slo_verdict
@@ -393,6 +401,34 @@ def test_the_wrapper_sends_the_decisions_parameters_and_records_the_outcome(
     assert (outcome.prompt_tokens, outcome.completion_tokens) == (12, 3)
     assert outcome.latency_ms is not None and outcome.latency_ms > 0 and not outcome.error
     assert (outcome.cost, outcome.quality) == (0.002, 1.0)
+
+
+def test_the_wrapper_applies_the_decisions_prompt_variant(service: Service) -> None:
+    """The decision carries its variant's declaration; the wrapper sends its messages."""
+    expected = {
+        "plain": [{"role": "user", "content": "What is 3 + 4? Be brief."}],
+        "tutor": [{"role": "system", "content": "You teach."}, *MESSAGES],
+    }
+    seen = set()
+    with (
+        openai_client(service.upstream_url) as oa,
+        ParamloopClient(service.url, KEYS["write"]) as pc,
+    ):
+        recommendation = pc.recommend("styled")
+        assert recommendation.variant is not None
+        assert recommendation.variant.name == recommendation.params.prompt_variant
+        wrapped = OptimizedOpenAI(oa, pc, task_type="styled")
+        for i in range(12):
+            wrapped.chat.completions.create(
+                model="small", messages=MESSAGES, request_id=f"styled-{i}"
+            )
+            with service.store() as store:
+                decision = store.get_decision(f"styled-{i}")
+            assert decision is not None and decision.params.prompt_variant is not None
+            variant = decision.params.prompt_variant
+            assert service.upstream.received[-1]["messages"] == expected[variant]
+            seen.add(variant)
+    assert seen == set(expected)
 
 
 def test_the_wrapper_records_an_error_outcome_and_reraises_the_callers_exception(

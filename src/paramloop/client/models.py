@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import Any
 
 from paramloop.core.rollout import RolloutState
+from paramloop.engine.variants import PromptVariant
 from paramloop.errors import ParamloopError
 from paramloop.types import Outcome, Params
 
@@ -144,10 +145,13 @@ class Recommendation:
     context_fingerprint: int
     timestamp: float
     error: str | None = None
+    #: The declaration of ``params.prompt_variant`` (the wrapper applies it to the messages).
+    variant: PromptVariant | None = None
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Recommendation:
         intended = data.get("intended_arm")
+        variant = data.get("variant")
         return cls(
             request_id=str(data["request_id"]),
             task_type=str(data["task_type"]),
@@ -166,6 +170,7 @@ class Recommendation:
             context_fingerprint=int(data["context_fingerprint"]),
             timestamp=float(data["timestamp"]),
             error=_str_or_none(data.get("error")),
+            variant=None if variant is None else PromptVariant(**variant),
         )
 
 

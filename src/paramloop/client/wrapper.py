@@ -65,8 +65,11 @@ def decided_fields(recommendation: Recommendation) -> frozenset[str]:
 
 
 def optimized_request(kwargs: Mapping[str, Any], recommendation: Recommendation) -> dict[str, Any]:
-    """The caller's ``create`` arguments with the decision's model and parameters applied."""
-    return upstream_body(kwargs, recommendation.params, decided_fields(recommendation))
+    """The caller's ``create`` arguments with the decision's model, parameters and prompt
+    variant applied."""
+    return upstream_body(
+        kwargs, recommendation.params, decided_fields(recommendation), recommendation.variant
+    )
 
 
 def given(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -73,7 +73,7 @@ from paramloop.server.models import (
 from paramloop.server.settings import Settings
 from paramloop.store.base import Store
 from paramloop.store.spool import SpooledStore
-from paramloop.types import AlertRecord
+from paramloop.types import AlertRecord, Decision
 
 log = logging.getLogger("paramloop.server")
 T = TypeVar("T")
@@ -397,7 +397,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
             decision = await state.run(
                 service.baseline, body.task_type, body.context, request_id=body.request_id
             )
-            return Response(orjson.dumps(decision_json(decision)), media_type="application/json")
+            return _decision_response(service, decision)
         with state.span("paramloop.recommend", task_type=body.task_type):
             decision = await state.run(
                 service.recommend,
@@ -411,8 +411,7 @@ def _decision_routes(write: Routes, state: AppState) -> None:
         metrics.decisions.labels(decision.task_type, decision.origin).inc()
         if decision.error is not None:
             metrics.errors.labels("recommend").inc()
-        # Rendered directly (the shape is DecisionBody's): this is the hottest route.
-        return Response(orjson.dumps(decision_json(decision)), media_type="application/json")
+        return _decision_response(service, decision)
 
     @write.post("/v1/outcomes", tags=["decisions"])
     @write.post("/api/optimization/record-outcome", tags=["decisions"])
@@ -442,6 +441,13 @@ def _decision_routes(write: Routes, state: AppState) -> None:
         observe_outcome(metrics, recorded.task_type, recorded.source, recorded.reward)
         state.news()
         return RecordedBody.of(recorded)
+
+
+def _decision_response(service: Service, decision: Decision) -> Response:
+    """The decision with its prompt variant's declaration, rendered directly (the shape is
+    DecisionBody's): this is the hottest route."""
+    variant = service.optimizer.config(decision.task_type).variant(decision.params.prompt_variant)
+    return Response(orjson.dumps(decision_json(decision, variant)), media_type="application/json")
 
 
 def unit_header(request: Request) -> str | None:

@@ -6,10 +6,12 @@ objects become bodies through the ``of`` constructors.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from paramloop.engine.variants import PromptVariant
 from paramloop.types import Decision, Outcome, RecordedOutcome
 
 #: A context value as JSON carries it.
@@ -44,6 +46,16 @@ class RecommendRequest(_Body):
     )
 
 
+class VariantBody(BaseModel):
+    """A declared prompt variant (see ``engine/variants.py``)."""
+
+    name: str
+    version: int
+    system: str | None
+    prefix: str
+    suffix: str
+
+
 class DecisionBody(BaseModel):
     """A decision: the parameters, the exact propensity, and the request id for the outcome."""
 
@@ -69,14 +81,21 @@ class DecisionBody(BaseModel):
     context_fingerprint: str = Field(description="Unsigned 64-bit, as a decimal string.")
     timestamp: float
     error: str | None = None
+    variant: VariantBody | None = Field(
+        default=None,
+        description="The prompt variant ``params.prompt_variant`` names, as the task type "
+        "declares it: apply it to the messages (a system message first; a prefix and a suffix "
+        "of the last user message).",
+    )
 
     @classmethod
     def of(cls, decision: Decision) -> DecisionBody:
         return cls(**decision_json(decision))
 
 
-def decision_json(decision: Decision) -> dict[str, Any]:
-    """The :class:`DecisionBody` of a decision, as plain JSON data (``logged`` is the truth)."""
+def decision_json(decision: Decision, variant: PromptVariant | None = None) -> dict[str, Any]:
+    """The :class:`DecisionBody` of a decision, as plain JSON data (``logged`` is the truth);
+    ``variant`` is the task type's declaration of the decision's prompt variant."""
     return {
         "request_id": decision.request_id,
         "task_type": decision.task_type,
@@ -95,6 +114,7 @@ def decision_json(decision: Decision) -> dict[str, Any]:
         "context_fingerprint": str(decision.context_fingerprint),
         "timestamp": decision.timestamp,
         "error": decision.error,
+        "variant": None if variant is None else asdict(variant),
     }
 
 
