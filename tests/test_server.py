@@ -793,10 +793,12 @@ def test_traces_join_the_callers_trace_and_follow_the_call_upstream(tmp_path: Pa
         assert answered.status_code == 200, answered.text
     spans = {span.name: span for span in exporter.get_finished_spans()}
     server = spans["POST /v1/chat/completions"]  # the route template, not the path
+    assert server.context is not None and server.parent is not None
     assert format(server.context.trace_id, "032x") == trace_id
     assert format(server.parent.span_id, "016x") == caller_span
     call = spans["chat small"]
-    assert call.parent.span_id == server.context.span_id
+    assert call.parent is not None and call.parent.span_id == server.context.span_id
+    assert call.attributes is not None
     attributes = dict(call.attributes)
     sent = stub.received[-1]
     assert attributes["gen_ai.operation.name"] == "chat"
