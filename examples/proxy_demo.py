@@ -6,7 +6,7 @@ Starts the local upstream (SmolLM2-135M on llama.cpp: `make install` builds it) 
 paramloop proxy in front of it, each under uvicorn on a free loopback port, then sends
 ``--rounds`` chat completions over three task types with automatic quality checks
 (an exact sum, a JSON object with the right fields, a length bound; see
-``paramloop.server.demo``).  Every reply is scored and the score sent to
+``paramloop.local.demo``).  Every reply is scored and the score sent to
 ``/v1/feedback``; the proxy joins it with the latency and tokens it measured.
 Every ``--window`` rounds it prints, per task type, the mean temperature and
 max_tokens paramloop chose, the mean quality and the mean reward; at the end, the
@@ -32,10 +32,10 @@ from typing import Any
 import httpx
 import uvicorn
 
-from paramloop.server import demo
+from paramloop.local import demo
+from paramloop.local.upstream import create_upstream_app
 from paramloop.server.app import create_app
 from paramloop.server.settings import Settings
-from paramloop.server.upstream_local import create_upstream_app
 
 
 @contextmanager

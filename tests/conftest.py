@@ -199,7 +199,7 @@ def local_model_path() -> Path:
             "(pip install 'paramloop[llm]' with CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF')"
         )
     from paramloop.errors import ConfigError
-    from paramloop.server.upstream_local import default_model_path
+    from paramloop.local.upstream import default_model_path
 
     try:
         return default_model_path()
@@ -267,7 +267,7 @@ def serve_app() -> Callable[..., AbstractContextManager[str]]:
 @pytest.fixture(scope="session")
 def local_upstream_url() -> Iterator[str]:
     """The ``/v1`` URL of the real local model, served from a thread (once per session)."""
-    from paramloop.server.upstream_local import create_upstream_app
+    from paramloop.local.upstream import create_upstream_app
 
     app = create_upstream_app(local_model_path(), n_threads=1, n_ctx=1024, seed=0)
     with serving(app) as url:

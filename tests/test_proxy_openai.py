@@ -16,7 +16,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 
-from paramloop.server import demo
+from paramloop.local import demo
 from paramloop.server.app import create_app
 from paramloop.server.settings import Settings
 from paramloop.store import open_store

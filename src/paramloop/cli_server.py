@@ -39,7 +39,7 @@ def upstream_local(
     n_ctx: Annotated[int, typer.Option(min=16, help="Context length in tokens.")] = 2048,
 ) -> None:
     """Serve a local model on /v1/chat/completions, reproducible per (messages, parameters, seed)."""
-    from paramloop.server.upstream_local import serve_local_upstream
+    from paramloop.local.upstream import serve_local_upstream
 
     with _reported():
         serve_local_upstream(
@@ -83,10 +83,10 @@ def serve_command(
     import uvicorn
 
     from paramloop.errors import ConfigError
+    from paramloop.local.upstream import local_model_problem, start_local_upstream
     from paramloop.server.app import create_app, environment_tracer_provider
     from paramloop.server.jsonlog import configure
     from paramloop.server.settings import ANY_MODEL, Settings, Upstream
-    from paramloop.server.upstream_local import local_model_problem, start_local_upstream
 
     overrides: dict[str, Any] = {}
     if host is not None:
